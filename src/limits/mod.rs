@@ -1,0 +1,5 @@
+//! Limits that protect the gateway and its backends. Today: in-flight permits.
+
+pub mod inflight;
+
+pub use inflight::{InflightLimiter, InflightPermit};

@@ -1,0 +1,28 @@
+//! The gateway's own small endpoints: `/health` (liveness) and `/ready` (readiness).
+
+use monoio::net::TcpStream;
+
+use super::{reply_json, After, Core};
+use crate::http::RequestHead;
+
+/// `GET /health`: the process is up. No auth, no dependency checks.
+pub async fn health(_core: &Core, client: &mut TcpStream, head: &RequestHead, request_id: &str) -> After {
+    reply_json(client, head, request_id, 200, br#"{"status":"ok"}"#, false).await
+}
+
+/// `GET /ready`: 200 when this core accepts traffic and has somewhere to send it; 503 while
+/// draining (so a load balancer stops sending) or with no passthrough backend.
+pub async fn ready(core: &Core, client: &mut TcpStream, head: &RequestHead, request_id: &str) -> After {
+    let draining = core.shutdown.is_fired();
+    let backends = core.gw.backends.len();
+    let ok = !draining && backends > 0;
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": [
+            {"name": "draining", "ok": !draining},
+            {"name": "backends", "ok": backends > 0, "count": backends},
+        ],
+    });
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    reply_json(client, head, request_id, if ok { 200 } else { 503 }, &body, false).await
+}

@@ -1,0 +1,337 @@
+//! Passthrough: pick a backend, send the request, get the response head; then hand over to
+//! [`super::relay`] for the body.
+//!
+//! Which failures move on to the next candidate, and which are retried on the same backend, is
+//! decided by what may have reached the upstream:
+//! - connect failed (nothing sent): next candidate;
+//! - a *reused* pooled connection failed before any response byte, and the body is in memory:
+//!   the server most likely closed it while idle; retry once on a fresh connection;
+//! - anything after that: answer 502/504; the request may have been processed.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+
+use super::body::{self, BodyError, PumpError};
+use super::headers::{self, OutFraming};
+use super::json::{self, RequestFacts};
+use super::relay::{self, Permits};
+use super::{body_too_large, reply_error, After, Core};
+use crate::error::{ErrorType, GatewayError};
+use crate::http::io::{read_append, write_all};
+use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
+use crate::upstream::connector::connect;
+use crate::upstream::{Backend, UpConn};
+
+/// Room reserved for reading a response head (most heads and small bodies fit in one read).
+const RESPONSE_READ_BYTES: usize = 16 * 1024;
+
+/// A request body as the forwarder sees it.
+pub enum RequestBody {
+    /// Read whole: may be replayed on a fresh connection or another backend.
+    Buffered(Bytes),
+    /// Still on the client socket; forwarded as it arrives, so never replayed.
+    Streaming,
+}
+
+/// A response head from the upstream, with the connection and the body bytes read with it.
+pub struct Exchange {
+    pub conn: UpConn,
+    pub resp: ResponseHead,
+    pub leftover: BytesMut,
+}
+
+/// How an exchange failed.
+pub enum ExchangeError {
+    /// Nothing reached the backend: the next candidate may be tried.
+    NotSent(GatewayError),
+    /// The backend may have seen the request: answer with this error.
+    Failed(GatewayError),
+    /// The client's body could not be read while streaming it: answer this (or just close).
+    Client(BodyError),
+}
+
+/// Serve a passthrough request (`upstream_path` already starts with `/v1`).
+pub async fn passthrough(
+    core: &Core,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    head: &RequestHead,
+    upstream_path: &str,
+    request_id: String,
+) -> After {
+    let gw = &core.gw;
+    let body = if body::should_buffer(head) {
+        match body::read_whole(client, cbuf, head, gw.max_body_bytes).await {
+            Ok(b) => RequestBody::Buffered(b),
+            Err(e) => return reply_body_error(client, &request_id, e, gw.max_body_bytes).await,
+        }
+    } else {
+        if let BodyFraming::Length(n) = head.framing {
+            if n > gw.max_body_bytes as u64 {
+                return reply_body_error(client, &request_id, BodyError::TooLarge, gw.max_body_bytes).await;
+            }
+        }
+        RequestBody::Streaming
+    };
+    let unread_body = matches!(body, RequestBody::Streaming) && head.framing.has_body();
+
+    let facts = match &body {
+        RequestBody::Buffered(b) if !b.is_empty() => json::probe(b),
+        _ => RequestFacts::default(),
+    };
+    // `GET /v1/models/{id}` routes by the model in the path.
+    let model = facts.model.as_deref().or_else(|| {
+        (head.method == Method::Get)
+            .then(|| upstream_path.strip_prefix("/v1/models/"))
+            .flatten()
+    });
+
+    let Some(global) = gw.inflight.try_acquire() else {
+        let e = GatewayError::new(
+            429,
+            ErrorType::RateLimit,
+            "inflight_limit",
+            format!("the gateway is at its limit of {} requests in flight", gw.inflight.max()),
+        );
+        return reply_error(client, &request_id, e, unread_body).await;
+    };
+
+    let mut last_error: Option<GatewayError> = None;
+    let mut saw_candidate = false;
+    let mut saw_free = false;
+    for idx in gw.router.candidates(model, &request_id) {
+        saw_candidate = true;
+        let backend = &gw.backends[idx];
+        let backend_permit = match &backend.inflight {
+            Some(limiter) => match limiter.try_acquire() {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            None => None,
+        };
+        saw_free = true;
+        let result = exchange(core, client, cbuf, head, backend, upstream_path, &request_id, &body).await;
+        match result {
+            Ok(ex) => {
+                let permits = Permits {
+                    _global: global,
+                    _backend: backend_permit,
+                };
+                return relay::respond(core, client, head, backend, ex, &request_id, permits).await;
+            }
+            Err(ExchangeError::NotSent(e)) => last_error = Some(e.with_backend(&backend.name)),
+            Err(ExchangeError::Failed(e)) => {
+                return reply_error(client, &request_id, e.with_backend(&backend.name), true).await
+            }
+            Err(ExchangeError::Client(e)) => {
+                return reply_body_error(client, &request_id, e, gw.max_body_bytes).await
+            }
+        }
+    }
+    let e = match (saw_candidate, saw_free, last_error) {
+        (false, _, _) => GatewayError::bad_gateway(match model {
+            Some(m) => format!("no backend is configured for model \"{m}\""),
+            None => "no backend is configured".to_string(),
+        }),
+        (true, false, _) => GatewayError::new(
+            429,
+            ErrorType::RateLimit,
+            "inflight_limit_backend",
+            "every candidate backend is at its max_in_flight limit",
+        ),
+        (_, _, Some(e)) => e,
+        (_, _, None) => GatewayError::bad_gateway("no backend could be reached"),
+    };
+    reply_error(client, &request_id, e, unread_body).await
+}
+
+async fn reply_body_error(client: &mut TcpStream, request_id: &str, e: BodyError, max: usize) -> After {
+    let e = match e {
+        BodyError::Closed => return After::Close,
+        BodyError::TooLarge => body_too_large(max),
+        BodyError::Timeout => GatewayError::new(408, ErrorType::InvalidRequest, "request_timeout", "timed out reading the request body"),
+        BodyError::Malformed(m) => GatewayError::bad_request("invalid_request", m),
+    };
+    reply_error(client, request_id, e, true).await
+}
+
+/// One request/response-head exchange with `backend`, with the fresh-connection retry.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    core: &Core,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    head: &RequestHead,
+    backend: &Backend,
+    upstream_path: &str,
+    request_id: &str,
+    body: &RequestBody,
+) -> Result<Exchange, ExchangeError> {
+    let framing = match body {
+        RequestBody::Buffered(b) if b.is_empty() && !head.framing.has_body() && !needs_length(head.method) => {
+            OutFraming::None
+        }
+        RequestBody::Buffered(b) => OutFraming::Length(b.len() as u64),
+        RequestBody::Streaming => match head.framing {
+            BodyFraming::Length(n) => OutFraming::Length(n),
+            BodyFraming::Chunked => OutFraming::Chunked,
+            _ => OutFraming::None,
+        },
+    };
+    let mut req = BytesMut::with_capacity(1024);
+    headers::upstream_request(&mut req, head, backend, upstream_path, request_id, framing);
+    let req = req.freeze();
+
+    match body {
+        RequestBody::Buffered(b) => {
+            send_buffered(core, backend, req, b.clone(), head.method == Method::Head).await
+        }
+        RequestBody::Streaming => {
+            let mut conn = checkout_or_connect(core, backend).await?;
+            write_all(&mut conn.stream, req)
+                .await
+                .map_err(|e| ExchangeError::Failed(send_failed(backend, &e)))?;
+            if let Err(e) = body::send_continue(client, head).await {
+                return Err(ExchangeError::Client(e));
+            }
+            match body::pump(client, cbuf, head, core.gw.max_body_bytes, &mut conn).await {
+                Ok(()) => {}
+                Err(PumpError::Client(e)) => return Err(ExchangeError::Client(e)),
+                Err(PumpError::Upstream(e)) => return Err(ExchangeError::Failed(send_failed(backend, &e))),
+            }
+            read_response_head(conn, backend, head.method == Method::Head)
+                .await
+                .map_err(|(e, _)| ExchangeError::Failed(e))
+        }
+    }
+}
+
+/// POST/PUT/PATCH always carry a length, even an empty one (some servers insist).
+fn needs_length(m: Method) -> bool {
+    matches!(m, Method::Post | Method::Put | Method::Patch)
+}
+
+/// Send a request whose body is in memory and read the response head; retries once on a fresh
+/// connection when a reused one turns out dead. Shared by passthrough and `/v1/models`.
+pub async fn send_buffered(
+    core: &Core,
+    backend: &Backend,
+    req: Bytes,
+    body: Bytes,
+    head_request: bool,
+) -> Result<Exchange, ExchangeError> {
+    // Small bodies ride in the head's write: one syscall instead of two.
+    let (first, second) = if body.len() <= 16 * 1024 {
+        let mut b = BytesMut::with_capacity(req.len() + body.len());
+        b.extend_from_slice(&req);
+        b.extend_from_slice(&body);
+        (b.freeze(), Bytes::new())
+    } else {
+        (req, body)
+    };
+    let mut fresh_only = false;
+    loop {
+        let mut conn = if fresh_only {
+            connect(backend, &core.gw.tls).await.map_err(connect_error)?
+        } else {
+            checkout_or_connect(core, backend).await?
+        };
+        let reused = conn.reused;
+        let sent = async {
+            write_all(&mut conn.stream, first.clone()).await?;
+            write_all(&mut conn.stream, second.clone()).await
+        }
+        .await;
+        if let Err(e) = sent {
+            if reused {
+                fresh_only = true;
+                continue;
+            }
+            return Err(ExchangeError::Failed(send_failed(backend, &e)));
+        }
+        match read_response_head(conn, backend, head_request).await {
+            Ok(ex) => return Ok(ex),
+            Err((_, true)) if reused => fresh_only = true,
+            Err((e, _)) => return Err(ExchangeError::Failed(e)),
+        }
+    }
+}
+
+async fn checkout_or_connect(core: &Core, backend: &Backend) -> Result<UpConn, ExchangeError> {
+    match core.pool.checkout(backend) {
+        Some(c) => Ok(c),
+        None => connect(backend, &core.gw.tls).await.map_err(connect_error),
+    }
+}
+
+fn connect_error(e: crate::upstream::connector::ConnectError) -> ExchangeError {
+    ExchangeError::NotSent(if e.timed_out {
+        GatewayError::timeout(e.message)
+    } else {
+        GatewayError::bad_gateway(e.message)
+    })
+}
+
+fn send_failed(backend: &Backend, e: &io::Error) -> GatewayError {
+    GatewayError::bad_gateway(format!("sending the request to backend \"{}\" failed: {e}", backend.name))
+}
+
+/// Read the response head within the backend's timeout, skipping interim 1xx responses.
+/// On error, the flag tells whether the connection died before sending a single byte (a
+/// reused connection's tell-tale of an idle close).
+async fn read_response_head(
+    mut conn: UpConn,
+    backend: &Backend,
+    head_request: bool,
+) -> Result<Exchange, (GatewayError, bool)> {
+    let deadline = monoio::time::Instant::now() + backend.timeout;
+    let mut buf = BytesMut::with_capacity(RESPONSE_READ_BYTES);
+    let mut got_any = false;
+    loop {
+        match ResponseHead::parse(&buf, head_request) {
+            Ok(Some((resp, len))) => {
+                let _ = buf.split_to(len);
+                if resp.status == 101 {
+                    return Err((GatewayError::bad_gateway(format!("backend \"{}\" tried to switch protocols", backend.name)), false));
+                }
+                if (100..200).contains(&resp.status) {
+                    continue;
+                }
+                return Ok(Exchange { conn, resp, leftover: buf });
+            }
+            Ok(None) => {}
+            Err(e) => return Err((bad_response(backend, &e), false)),
+        }
+        let read = monoio::time::timeout_at(deadline, read_append(&mut conn.stream, &mut buf, RESPONSE_READ_BYTES)).await;
+        match read {
+            Err(_) => {
+                return Err((
+                    GatewayError::timeout(format!(
+                        "backend \"{}\" sent no response within {:?}",
+                        backend.name, backend.timeout
+                    )),
+                    false,
+                ))
+            }
+            Ok(Ok(0)) => {
+                return Err((
+                    GatewayError::bad_gateway(format!("backend \"{}\" closed the connection before responding", backend.name)),
+                    !got_any,
+                ))
+            }
+            Ok(Ok(_)) => got_any = true,
+            Ok(Err(e)) => {
+                return Err((
+                    GatewayError::bad_gateway(format!("reading the response of backend \"{}\" failed: {e}", backend.name)),
+                    !got_any,
+                ))
+            }
+        }
+    }
+}
+
+fn bad_response(backend: &Backend, e: &HeadError) -> GatewayError {
+    GatewayError::bad_gateway(format!("backend \"{}\" sent an invalid response: {}", backend.name, e.reason()))
+}

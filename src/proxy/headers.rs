@@ -1,0 +1,227 @@
+//! Header rewriting in both directions, written straight into the outgoing head buffer.
+//!
+//! Upstream-bound: drop hop-by-hop fields (RFC 9110 7.6.1, plus any the client's `Connection`
+//! names), our own `x-ditto-*` controls, framing (we set it), `Host`, `Expect` (we answer
+//! 100-continue ourselves) and `Proxy-Authorization`; backend `headers` replace client fields
+//! of the same name (Mode A); the client's `Authorization` passes when the backend sets none
+//! (Mode B). Client-bound: drop hop-by-hop and framing, add the request-id and backend headers.
+
+use std::fmt::Write;
+
+use bytes::BytesMut;
+
+use crate::http::{RequestHead, ResponseHead};
+use crate::upstream::Backend;
+
+/// Fields that describe one connection, never forwarded (plus framing, which we recompute).
+fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "proxy-authenticate",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// True when the `Connection` field of `fields` lists `name` (it is then hop-by-hop too).
+fn named_by_connection(connection: Option<&[u8]>, name: &str) -> bool {
+    connection.is_some_and(|v| {
+        v.split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+/// How the body of an outgoing message is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+fn write_framing(out: &mut BytesMut, f: OutFraming) {
+    match f {
+        OutFraming::None => {}
+        OutFraming::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+}
+
+/// Write the upstream request head for `head`, sent to `backend` at `path` (already `/v1/...`).
+pub fn upstream_request(
+    out: &mut BytesMut,
+    head: &RequestHead,
+    backend: &Backend,
+    path: &str,
+    request_id: &str,
+    framing: OutFraming,
+) {
+    let _ = write!(out, "{} ", head.method.as_str());
+    backend.write_target(&mut ByteWriter(out), path, head.query());
+    let _ = write!(out, " HTTP/1.1\r\nhost: {}\r\n", backend.authority);
+    let connection = head.fields.get("connection");
+    for (name, value) in head.fields.iter() {
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("proxy-authorization")
+            || name.eq_ignore_ascii_case("x-request-id")
+            || starts_with_ignore_case(name, "x-ditto-")
+            || named_by_connection(connection, name)
+            || backend.headers.iter().any(|(k, _)| name.eq_ignore_ascii_case(k))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (k, v) in &backend.headers {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    let _ = write!(out, "x-request-id: {request_id}\r\n");
+    write_framing(out, framing);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Write the client response head for an upstream response.
+pub fn client_response(
+    out: &mut BytesMut,
+    resp: &ResponseHead,
+    request_id: &str,
+    backend: &str,
+    framing: OutFraming,
+    keep_upstream_length: bool,
+    close: bool,
+) {
+    let reason = resp.reason();
+    let reason = if reason.is_empty() {
+        crate::error::reason_phrase(resp.status)
+    } else {
+        reason
+    };
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", resp.status);
+    let connection = resp.fields.get("connection");
+    for (name, value) in resp.fields.iter() {
+        let keep_length = keep_upstream_length && name.eq_ignore_ascii_case("content-length");
+        if (is_hop_by_hop(name) && !keep_length) || named_by_connection(connection, name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-request-id") {
+            // The backend's own id stays visible under another name; ours is the x-request-id.
+            out.extend_from_slice(b"x-upstream-request-id: ");
+        } else if starts_with_ignore_case(name, "x-ditto-") {
+            continue;
+        } else {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+        }
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(
+        out,
+        "x-request-id: {request_id}\r\nx-ditto-request-id: {request_id}\r\nx-ditto-backend: {backend}\r\n"
+    );
+    write_framing(out, framing);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// `fmt::Write` into a `BytesMut` without the intermediate `String`.
+struct ByteWriter<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+
+    fn backend(headers: &[(&str, &str)]) -> Backend {
+        let c = BackendConfig {
+            name: "b".into(),
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            max_in_flight: None,
+            timeout_seconds: None,
+            connect_timeout_seconds: None,
+            idle_ttl_seconds: None,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            query_params: vec![("api-version".into(), "1".into())],
+            model_map: vec![],
+            provider: None,
+            provider_config: None,
+        };
+        Backend::from_config(0, &c).expect("backend")
+    }
+
+    fn request(raw: &str) -> RequestHead {
+        RequestHead::parse(raw.as_bytes()).expect("parse").expect("complete").0
+    }
+
+    #[test]
+    fn upstream_head_drops_hop_by_hop_and_applies_mode_a() {
+        let head = request(
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\n\
+             Authorization: Bearer client\r\nContent-Length: 2\r\nX-Ditto-Debug: 1\r\nX-Request-Id: abc\r\n\
+             Proxy-Authorization: p\r\nExpect: 100-continue\r\nTE: trailers\r\nAccept: */*\r\n\r\n",
+        );
+        let mut out = BytesMut::new();
+        let b = backend(&[("Authorization", "Bearer backend")]);
+        upstream_request(&mut out, &head, &b, "/v1/chat/completions", "abc", OutFraming::Length(2));
+        let s = String::from_utf8(out.to_vec()).expect("utf8");
+        assert!(s.starts_with("POST /v1/chat/completions?x=1&api-version=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"), "{s}");
+        for gone in ["Connection", "X-Secret", "Bearer client", "X-Ditto", "Proxy-Authorization", "Expect", "TE:", "Host: gw"] {
+            assert!(!s.contains(gone), "{gone} leaked: {s}");
+        }
+        assert!(s.contains("authorization: Bearer backend\r\n"));
+        assert!(s.contains("Accept: */*\r\n"));
+        assert!(s.contains("x-request-id: abc\r\n"));
+        assert!(s.ends_with("content-length: 2\r\n\r\n"));
+        assert_eq!(s.matches("content-length").count() + s.matches("Content-Length").count(), 1);
+    }
+
+    #[test]
+    fn mode_b_forwards_the_client_authorization() {
+        let head = request("GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client\r\n\r\n");
+        let mut out = BytesMut::new();
+        upstream_request(&mut out, &head, &backend(&[]), "/v1/models", "id", OutFraming::None);
+        let s = String::from_utf8(out.to_vec()).expect("utf8");
+        assert!(s.contains("Authorization: Bearer client\r\n"));
+    }
+
+    #[test]
+    fn client_head_replaces_framing_and_adds_ids() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nX-Request-Id: up-1\r\n\r\n";
+        let (resp, _) = ResponseHead::parse(raw.as_bytes(), false).expect("parse").expect("complete");
+        let mut out = BytesMut::new();
+        client_response(&mut out, &resp, "rid", "primary", OutFraming::Chunked, false, false);
+        let s = String::from_utf8(out.to_vec()).expect("utf8");
+        assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(s.contains("Content-Type: text/event-stream\r\n"));
+        assert!(s.contains("x-upstream-request-id: up-1\r\n"));
+        assert!(s.contains("x-request-id: rid\r\nx-ditto-request-id: rid\r\nx-ditto-backend: primary\r\n"));
+        assert_eq!(s.matches("chunked").count(), 1);
+        assert!(!s.contains("Connection"));
+    }
+}

@@ -1,0 +1,274 @@
+//! The per-request pipeline: the gateway's own endpoints, then passthrough to a backend.
+//!
+//! ```text
+//! request head -> own endpoint? (/health, /ready, /v1/models) -> read body (bounded) ->
+//! learn model/stream -> router candidates -> permits -> upstream exchange -> relay body -> done
+//! ```
+//!
+//! [`Gateway`] is the immutable, shared part (config compiled once); [`Core`] is one core's
+//! part (its connection pool, request-id counter and shutdown signal), never shared.
+
+pub mod body;
+pub mod endpoints;
+pub mod forward;
+pub mod headers;
+pub mod json;
+pub mod models;
+pub mod relay;
+pub mod request_id;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+
+use crate::config::Config;
+use crate::error::{ErrorType, GatewayError};
+use crate::http::io::write_all_timeout;
+use crate::http::limits::CLIENT_WRITE_TIMEOUT;
+use crate::http::{BodyFraming, Method, RequestHead};
+use crate::limits::InflightLimiter;
+use crate::router::{Group, Router, Weighted};
+use crate::server::shutdown::Shutdown;
+use crate::upstream::{Backend, Pool};
+
+/// Options from the command line that shape the data path.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// `--proxy-max-in-flight`: requests in flight across all cores.
+    pub max_in_flight: usize,
+    /// `--proxy-max-body-bytes`: largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// `--upstream-ca-file`: extra trusted roots for HTTPS backends.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Everything every core shares, read-only.
+pub struct Gateway {
+    pub backends: Vec<Backend>,
+    pub router: Router,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub inflight: InflightLimiter,
+    pub max_body_bytes: usize,
+}
+
+impl Gateway {
+    /// Compile a validated config. Translation backends (`provider`) are not served by the
+    /// passthrough path yet; they are skipped with a warning returned to the caller.
+    pub fn build(config: &Config, opts: &ProxyOptions) -> Result<(Gateway, Vec<String>), String> {
+        let mut warnings = Vec::new();
+        let mut backends = Vec::new();
+        let mut index_of = ahash::AHashMap::new();
+        for c in &config.backends {
+            if c.base_url.is_none() {
+                warnings.push(format!(
+                    "backend \"{}\": provider {:?} translation is not implemented yet; backend skipped",
+                    c.name, c.provider
+                ));
+                continue;
+            }
+            let b = Backend::from_config(backends.len(), c)?;
+            index_of.insert(c.name.clone(), b.index);
+            backends.push(b);
+        }
+        let group = |list: &[crate::config::WeightedBackend]| {
+            Group::new(list.iter().filter_map(|w| {
+                index_of.get(&w.backend).map(|&backend| Weighted {
+                    backend,
+                    weight: w.weight,
+                })
+            }))
+        };
+        let mut default = group(&config.router.default_backends);
+        if config.router.default_backends.is_empty() {
+            // No default group: every passthrough backend, in file order, equally weighted.
+            default = Group::new(backends.iter().map(|b| Weighted {
+                backend: b.index,
+                weight: 1.0,
+            }));
+        } else if default.is_empty() {
+            return Err("router.default_backends: no backend with a weight > 0".to_string());
+        }
+        let rules = config
+            .router
+            .rules
+            .iter()
+            .map(|r| (r.model_prefix.clone(), r.exact, group(&r.backends)))
+            .collect::<Vec<_>>();
+        let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
+        Ok((
+            Gateway {
+                backends,
+                router: Router::new(rules, default),
+                tls,
+                inflight: InflightLimiter::new(opts.max_in_flight),
+                max_body_bytes: opts.max_body_bytes,
+            },
+            warnings,
+        ))
+    }
+}
+
+/// One core's state.
+pub struct Core {
+    pub gw: Arc<Gateway>,
+    pub pool: Pool,
+    pub ids: request_id::RequestIds,
+    pub shutdown: Shutdown,
+}
+
+impl Core {
+    pub fn new(gw: Arc<Gateway>, core_id: usize, shutdown: Shutdown) -> Core {
+        Core {
+            pool: Pool::new(gw.backends.len()),
+            gw,
+            ids: request_id::RequestIds::new(core_id),
+            shutdown,
+        }
+    }
+}
+
+/// What the connection loop should do after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    KeepAlive,
+    Close,
+}
+
+/// The path after alias rewriting (`/chat/completions` -> `/v1/chat/completions`), or `None`
+/// when the path is not one we forward.
+fn passthrough_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if path == "/v1" || path.starts_with("/v1/") {
+        return Some(path.into());
+    }
+    const ALIASES: [&str; 12] = [
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/models",
+        "/responses",
+        "/moderations",
+        "/images/",
+        "/audio/",
+        "/files",
+        "/batches",
+        "/rerank",
+        "/uploads",
+    ];
+    let aliased = ALIASES.iter().any(|a| {
+        if a.ends_with('/') {
+            path.starts_with(a)
+        } else {
+            path == *a || path.strip_prefix(a).is_some_and(|r| r.starts_with('/'))
+        }
+    });
+    aliased.then(|| format!("/v1{path}").into())
+}
+
+/// Serve one request whose head has been read. `cbuf` holds any bytes after the head.
+pub async fn handle(core: &Core, client: &mut TcpStream, cbuf: &mut BytesMut, head: RequestHead) -> After {
+    let request_id = core.ids.from_client_or_new(head.fields.get("x-request-id"));
+    let path = head.path();
+
+    // The gateway's own endpoints.
+    match (head.method, path) {
+        (Method::Get | Method::Head, "/health") => {
+            return endpoints::health(core, client, &head, &request_id).await;
+        }
+        (Method::Get | Method::Head, "/ready") => {
+            return endpoints::ready(core, client, &head, &request_id).await;
+        }
+        (Method::Get, "/v1/models" | "/models") => {
+            if head.framing.has_body() {
+                return reply_error(client, &request_id, GatewayError::bad_request("invalid_request", "GET /v1/models takes no body"), true).await;
+            }
+            return models::list(core, client, &head, &request_id).await;
+        }
+        _ => {}
+    }
+    let Some(upstream_path) = passthrough_path(path) else {
+        let e = GatewayError::not_found(format!("no route for {} {}", head.method.as_str(), path));
+        return reply_error(client, &request_id, e, head.framing.has_body()).await;
+    };
+    forward::passthrough(core, client, cbuf, &head, &upstream_path, request_id).await
+}
+
+/// Write a gateway-made error. `close` when the connection cannot be reused (e.g. an unread
+/// request body is still on the wire).
+pub async fn reply_error(client: &mut TcpStream, request_id: &str, e: GatewayError, close: bool) -> After {
+    let resp = e.to_response(request_id, close);
+    let ok = write_all_timeout(client, resp, CLIENT_WRITE_TIMEOUT).await.is_ok();
+    if ok && !close {
+        After::KeepAlive
+    } else {
+        After::Close
+    }
+}
+
+/// Write a complete JSON response of the gateway's own.
+pub async fn reply_json(
+    client: &mut TcpStream,
+    head: &RequestHead,
+    request_id: &str,
+    status: u16,
+    body: &[u8],
+    close: bool,
+) -> After {
+    use std::fmt::Write;
+    let mut out = BytesMut::with_capacity(200 + body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\nx-ditto-request-id: {request_id}\r\n",
+        crate::error::reason_phrase(status),
+        body.len()
+    );
+    let close = close || !head.keep_alive;
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head.method != Method::Head {
+        out.extend_from_slice(body);
+    }
+    match write_all_timeout(client, out.freeze(), CLIENT_WRITE_TIMEOUT).await {
+        Ok(()) if !close => After::KeepAlive,
+        _ => After::Close,
+    }
+}
+
+/// The error for a request body over `--proxy-max-body-bytes`.
+pub fn body_too_large(limit: usize) -> GatewayError {
+    GatewayError::new(
+        413,
+        ErrorType::InvalidRequest,
+        "request_too_large",
+        format!("request body exceeds the limit of {limit} bytes"),
+    )
+}
+
+/// True when a body of this framing needs reading before the connection can be reused.
+pub fn body_pending(framing: BodyFraming) -> bool {
+    framing.has_body()
+}
+
+/// Shorthand for building `Bytes` from a static string.
+pub fn bytes_static(s: &'static str) -> Bytes {
+    Bytes::from_static(s.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passthrough_path;
+
+    #[test]
+    fn aliases_are_rewritten_under_v1() {
+        assert_eq!(passthrough_path("/v1/chat/completions").as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(passthrough_path("/chat/completions").as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(passthrough_path("/audio/speech").as_deref(), Some("/v1/audio/speech"));
+        assert_eq!(passthrough_path("/files/abc").as_deref(), Some("/v1/files/abc"));
+        assert_eq!(passthrough_path("/models/gpt-4o").as_deref(), Some("/v1/models/gpt-4o"));
+        assert_eq!(passthrough_path("/v2/x"), None);
+        assert_eq!(passthrough_path("/completionsX"), None);
+        assert_eq!(passthrough_path("/"), None);
+    }
+}

@@ -1,0 +1,318 @@
+//! Stream the upstream's response body to the client as it arrives.
+//!
+//! Every read from the upstream is written to the client before the next read: no buffering,
+//! so each SSE event leaves as soon as it came in. Bytes move as `Bytes` split off the read
+//! buffer (no copy) except when we must re-frame (a close-delimited upstream body sent to an
+//! HTTP/1.1 client as chunks, or a chunked one decoded for an HTTP/1.0 client).
+//!
+//! While waiting on the upstream we also watch the client socket: if the client goes away, the
+//! upstream request is cancelled at once (its connection is dropped, never pooled) instead of
+//! running on until the next write fails. An upstream that fails mid-body leaves the client's
+//! response unterminated (no last chunk, short length) so the client sees an error, never a
+//! clean end.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{select, Either};
+use monoio::net::TcpStream;
+
+use super::forward::Exchange;
+use super::headers::{self, OutFraming};
+use super::{After, Core};
+use crate::http::chunked::{write_chunk_header, LAST_CHUNK};
+use crate::http::io::{read_append, write_all_timeout};
+use crate::http::limits::CLIENT_WRITE_TIMEOUT;
+use crate::http::{BodyFraming, ChunkedDecoder, RequestHead, Version};
+use crate::limits::InflightPermit;
+use crate::net::{peek, PeerState};
+use crate::upstream::Backend;
+
+/// Room reserved for each upstream body read.
+const BODY_READ_BYTES: usize = 16 * 1024;
+/// Responses at most this large are sent in the same write as their head.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// Permits held for as long as the response body runs; dropped with it.
+pub struct Permits {
+    pub _global: InflightPermit,
+    pub _backend: Option<InflightPermit>,
+}
+
+/// How the body travels from upstream framing to client framing.
+enum Mode {
+    Empty,
+    /// Content-Length on both sides; bytes left.
+    Length(u64),
+    /// Chunked on both sides: forwarded verbatim, decoded only to find the end.
+    ChunkedVerbatim(ChunkedDecoder),
+    /// Chunked upstream, HTTP/1.0 client: payload only, end marked by closing.
+    ChunkedToClose(ChunkedDecoder),
+    /// Close-delimited upstream, HTTP/1.1 client: each read becomes a chunk.
+    CloseToChunked,
+    /// Close-delimited on both sides.
+    CloseToClose,
+}
+
+/// How relaying ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// The whole body went through; the upstream connection is reusable if `reusable`.
+    Complete { reusable: bool },
+    /// The upstream failed or timed out mid-body; the client's response was cut.
+    UpstreamFailed,
+    /// The client went away (or stopped reading).
+    ClientGone,
+}
+
+/// Write the response head and relay the body; returns what the client connection should do.
+pub async fn respond(
+    core: &Core,
+    client: &mut TcpStream,
+    req: &RequestHead,
+    backend: &Backend,
+    ex: Exchange,
+    request_id: &str,
+    permits: Permits,
+) -> After {
+    let Exchange {
+        mut conn,
+        resp,
+        mut leftover,
+    } = ex;
+    let http10 = req.version == Version::Http10;
+    let (mut mode, out_framing, keep_length) = match resp.framing {
+        BodyFraming::Empty => (Mode::Empty, OutFraming::None, resp.status != 204),
+        BodyFraming::Length(n) => (Mode::Length(n), OutFraming::Length(n), false),
+        BodyFraming::Chunked if http10 => (Mode::ChunkedToClose(ChunkedDecoder::new()), OutFraming::None, false),
+        BodyFraming::Chunked => (Mode::ChunkedVerbatim(ChunkedDecoder::new()), OutFraming::Chunked, false),
+        BodyFraming::UntilClose if http10 => (Mode::CloseToClose, OutFraming::None, false),
+        BodyFraming::UntilClose => (Mode::CloseToChunked, OutFraming::Chunked, false),
+    };
+    let client_close_delimited = matches!(mode, Mode::ChunkedToClose(_) | Mode::CloseToClose);
+    let close = !req.keep_alive || client_close_delimited || core.shutdown.is_fired();
+
+    let mut head = BytesMut::with_capacity(512 + leftover.len().min(COALESCE_BYTES));
+    headers::client_response(&mut head, &resp, request_id, &backend.name, out_framing, keep_length, close);
+
+    // Fast path: a small Content-Length body that arrived with its head goes out in one write.
+    if let Mode::Length(n) = mode {
+        if leftover.len() as u64 >= n && n as usize <= COALESCE_BYTES {
+            head.extend_from_slice(&leftover[..n as usize]);
+            let _ = leftover.split_to(n as usize);
+            mode = Mode::Length(0);
+        }
+    }
+    if write_all_timeout(client, head.freeze(), CLIENT_WRITE_TIMEOUT).await.is_err() {
+        return After::Close;
+    }
+
+    let ending = relay_body(client, &mut conn.stream, &mut leftover, &mut mode, backend.timeout, conn_fd(client)).await;
+    drop(permits);
+    match ending {
+        Ending::Complete { reusable } => {
+            if reusable && resp.keep_alive && leftover.is_empty() {
+                core.pool.checkin(backend, conn);
+            }
+            if close {
+                After::Close
+            } else {
+                After::KeepAlive
+            }
+        }
+        Ending::UpstreamFailed | Ending::ClientGone => After::Close,
+    }
+}
+
+fn conn_fd(client: &TcpStream) -> std::os::fd::RawFd {
+    client.as_raw_fd()
+}
+
+/// Move body bytes until the framing says the body ended.
+async fn relay_body(
+    client: &mut TcpStream,
+    up: &mut crate::upstream::UpStream,
+    buf: &mut BytesMut,
+    mode: &mut Mode,
+    gap: Duration,
+    client_fd: std::os::fd::RawFd,
+) -> Ending {
+    let mut watch_client = true;
+    loop {
+        // 1. Forward what is buffered.
+        let (out, done) = match take_ready(mode, buf) {
+            Ok(x) => x,
+            Err(()) => return Ending::UpstreamFailed,
+        };
+        for piece in out {
+            if write_all_timeout(client, piece, CLIENT_WRITE_TIMEOUT).await.is_err() {
+                return Ending::ClientGone;
+            }
+        }
+        if done {
+            return Ending::Complete {
+                reusable: !matches!(mode, Mode::CloseToChunked | Mode::CloseToClose),
+            };
+        }
+        // 2. Read more from the upstream, watching for the client leaving.
+        match read_watching(up, buf, client, client_fd, &mut watch_client, gap).await {
+            Read::Data => {}
+            Read::Eof => {
+                return match mode {
+                    Mode::CloseToChunked => {
+                        let fin = Bytes::from_static(LAST_CHUNK);
+                        if write_all_timeout(client, fin, CLIENT_WRITE_TIMEOUT).await.is_err() {
+                            return Ending::ClientGone;
+                        }
+                        Ending::Complete { reusable: false }
+                    }
+                    Mode::CloseToClose => Ending::Complete { reusable: false },
+                    _ => Ending::UpstreamFailed,
+                };
+            }
+            Read::Failed => return Ending::UpstreamFailed,
+            Read::ClientGone => return Ending::ClientGone,
+        }
+    }
+}
+
+/// Split off what can be sent now. Returns the pieces and whether the body is complete.
+fn take_ready(mode: &mut Mode, buf: &mut BytesMut) -> Result<(Vec<Bytes>, bool), ()> {
+    let mut out = Vec::new();
+    let done = match mode {
+        Mode::Empty => true,
+        Mode::Length(left) => {
+            let take = (*left).min(buf.len() as u64) as usize;
+            if take > 0 {
+                out.push(buf.split_to(take).freeze());
+                *left -= take as u64;
+            }
+            *left == 0
+        }
+        Mode::ChunkedVerbatim(dec) => {
+            let p = dec.decode(buf, |_| {}).map_err(|_| ())?;
+            if p.consumed > 0 {
+                out.push(buf.split_to(p.consumed).freeze());
+            }
+            p.done
+        }
+        Mode::ChunkedToClose(dec) => {
+            let mut ranges = Vec::new();
+            let p = dec.decode(buf, |r| ranges.push(r)).map_err(|_| ())?;
+            let consumed = buf.split_to(p.consumed).freeze();
+            out.extend(ranges.into_iter().map(|r| consumed.slice(r)));
+            p.done
+        }
+        Mode::CloseToChunked => {
+            if !buf.is_empty() {
+                let data = buf.split();
+                let mut framed = BytesMut::with_capacity(data.len() + 16);
+                write_chunk_header(&mut framed, data.len());
+                framed.extend_from_slice(&data);
+                framed.extend_from_slice(b"\r\n");
+                out.push(framed.freeze());
+            }
+            false
+        }
+        Mode::CloseToClose => {
+            if !buf.is_empty() {
+                out.push(buf.split().freeze());
+            }
+            false
+        }
+    };
+    Ok((out, done))
+}
+
+enum Read {
+    Data,
+    Eof,
+    Failed,
+    ClientGone,
+}
+
+/// Read from the upstream within `gap`, while noticing a client that closed its connection.
+///
+/// The upstream read is never dropped half-way because of the client watch: `select` hands the
+/// still-pending read back and we keep awaiting the same future, so no upstream byte is lost.
+async fn read_watching(
+    up: &mut crate::upstream::UpStream,
+    buf: &mut BytesMut,
+    client: &TcpStream,
+    client_fd: std::os::fd::RawFd,
+    watch: &mut bool,
+    gap: Duration,
+) -> Read {
+    let read = monoio::time::timeout(gap, read_append(up, buf, BODY_READ_BYTES));
+    let mut read = std::pin::pin!(read);
+    let mut spurious = 0;
+    loop {
+        if !*watch {
+            return classify(read.await);
+        }
+        let readable = std::pin::pin!(client.readable(false));
+        match select(read.as_mut(), readable).await {
+            Either::Left((r, _)) => return classify(r),
+            Either::Right((res, _)) => match peek(client_fd) {
+                PeerState::Closed => return Read::ClientGone,
+                // A pipelined next request: leave it in the socket for the connection loop.
+                PeerState::HasData => *watch = false,
+                PeerState::Idle => {
+                    spurious += 1;
+                    if res.is_err() || spurious > 3 {
+                        *watch = false;
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn classify(r: Result<std::io::Result<usize>, monoio::time::error::Elapsed>) -> Read {
+    match r {
+        Ok(Ok(0)) => Read::Eof,
+        Ok(Ok(_)) => Read::Data,
+        Ok(Err(_)) | Err(_) => Read::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbatim_chunked_stops_at_the_end_of_the_body() {
+        let mut mode = Mode::ChunkedVerbatim(ChunkedDecoder::new());
+        let mut buf = BytesMut::from(&b"5\r\nhello\r\n0\r\n\r\nEXTRA"[..]);
+        let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
+        assert!(done);
+        assert_eq!(out.concat(), b"5\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(&buf[..], b"EXTRA");
+    }
+
+    #[test]
+    fn chunked_to_http10_sends_payload_only() {
+        let mut mode = Mode::ChunkedToClose(ChunkedDecoder::new());
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\n"[..]);
+        let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
+        assert!(!done);
+        assert_eq!(out.concat(), b"abcde");
+    }
+
+    #[test]
+    fn close_delimited_is_rechunked_for_http11() {
+        let mut mode = Mode::CloseToChunked;
+        let mut buf = BytesMut::from(&b"hello"[..]);
+        let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
+        assert!(!done);
+        assert_eq!(out.concat(), b"5\r\nhello\r\n");
+    }
+
+    #[test]
+    fn bad_upstream_chunking_is_an_error() {
+        let mut mode = Mode::ChunkedVerbatim(ChunkedDecoder::new());
+        let mut buf = BytesMut::from(&b"zz\r\n"[..]);
+        assert!(take_ready(&mut mode, &mut buf).is_err());
+    }
+}

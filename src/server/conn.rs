@@ -1,0 +1,80 @@
+//! One client connection: read a request head, hand it to the proxy, repeat while keep-alive
+//! holds. The loop ends on close, error, timeout, or shutdown (between requests).
+
+use std::io;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+
+use crate::error::{ErrorType, GatewayError};
+use crate::http::io::{read_append, read_append_timeout, write_all_timeout};
+use crate::http::limits::{CLIENT_WRITE_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, READ_BUF_BYTES};
+use crate::http::{HeadError, RequestHead};
+use crate::proxy::{self, After, Core};
+
+/// Serve a connection until it cannot be reused.
+pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
+    let mut buf = BytesMut::with_capacity(READ_BUF_BYTES);
+    loop {
+        let head = match read_head(&core, &mut client, &mut buf).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = write_all_timeout(&mut client, e.to_response(&core.ids.next_id(), true), CLIENT_WRITE_TIMEOUT).await;
+                return;
+            }
+        };
+        match proxy::handle(&core, &mut client, &mut buf, head).await {
+            After::KeepAlive if !core.shutdown.is_fired() => {}
+            _ => return,
+        }
+    }
+}
+
+/// Read one request head. `Ok(None)`: the client closed (or idled out, or we are shutting
+/// down) between requests, which needs no answer.
+async fn read_head(core: &Core, client: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<RequestHead>, GatewayError> {
+    // Between requests: wait for the first byte, or the idle timeout, or shutdown.
+    if buf.is_empty() {
+        let first = monoio::select! {
+            _ = core.shutdown.wait() => return Ok(None),
+            r = monoio::time::timeout(KEEPALIVE_IDLE_TIMEOUT, read_append(client, buf, READ_BUF_BYTES)) => r,
+        };
+        match first {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Ok(None),
+        }
+    }
+    // From the first byte on, the whole head must arrive within HEADER_READ_TIMEOUT (slowloris).
+    let deadline = monoio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    loop {
+        match RequestHead::parse(buf) {
+            Ok(Some((head, len))) => {
+                let _ = buf.split_to(len);
+                return Ok(Some(head));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(head_error(&e)),
+        }
+        let left = deadline.saturating_duration_since(monoio::time::Instant::now());
+        match read_append_timeout(client, buf, READ_BUF_BYTES, left).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(GatewayError::new(408, ErrorType::InvalidRequest, "request_timeout", "timed out reading the request head"))
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+fn head_error(e: &HeadError) -> GatewayError {
+    let code = match e.status() {
+        431 => "request_header_fields_too_large",
+        501 => "not_implemented",
+        417 => "expectation_failed",
+        _ => "invalid_request",
+    };
+    GatewayError::new(e.status(), ErrorType::InvalidRequest, code, e.reason())
+}

@@ -1,0 +1,131 @@
+//! One core: a pinned monoio runtime running the accept loop, its connections, and the drain.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use monoio::net::TcpListener;
+
+use super::shutdown::Shutdown;
+use crate::proxy::{Core, Gateway};
+
+/// Entries in each io_uring submission queue; enough for thousands of concurrent streams.
+const URING_ENTRIES: u32 = 4096;
+
+/// Thread body of shard `id`. Returns when drained.
+pub fn run(
+    id: usize,
+    pin: Option<core_affinity::CoreId>,
+    listener: std::net::TcpListener,
+    gw: Arc<Gateway>,
+    stop: flume::Receiver<()>,
+    drain: Duration,
+) {
+    if let Some(c) = pin {
+        core_affinity::set_for_current(c);
+    }
+    // FusionDriver picks io_uring when the kernel allows it and silently falls back to epoll
+    // (also when MONOIO_FORCE_LEGACY_DRIVER=1), so we say which one this core got.
+    let uring = monoio::utils::detect_uring();
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(URING_ENTRIES)
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            crate::error!("core {id}: cannot start the runtime: {e}");
+            return;
+        }
+    };
+    crate::info!(
+        "core {id}: I/O driver {}{}",
+        if uring { "io_uring" } else { "legacy (epoll)" },
+        pin.map(|c| format!(", pinned to CPU {}", c.id)).unwrap_or_default()
+    );
+    rt.block_on(serve(id, listener, gw, stop, drain));
+}
+
+async fn serve(
+    id: usize,
+    listener: std::net::TcpListener,
+    gw: Arc<Gateway>,
+    stop: flume::Receiver<()>,
+    drain: Duration,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::error!("core {id}: cannot register the listener: {e}");
+            return;
+        }
+    };
+    let shutdown = Shutdown::new();
+    let core = Rc::new(Core::new(gw, id, shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        monoio::spawn(async move {
+            let _ = stop.recv_async().await;
+            shutdown.fire();
+        });
+    }
+    let active = Rc::new(Cell::new(0usize));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = monoio::select! {
+            _ = shutdown.wait() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                let core = core.clone();
+                let guard = ActiveGuard::new(active.clone());
+                monoio::spawn(async move {
+                    let _guard = guard;
+                    // A panic must cost only this connection, not the core (monoio does not
+                    // catch panics in tasks).
+                    let r = std::panic::AssertUnwindSafe(super::conn::serve(core, stream))
+                        .catch_unwind()
+                        .await;
+                    if r.is_err() {
+                        crate::error!("core {id}: a connection task panicked; connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on a full fd table.
+                crate::warn!("core {id}: accept failed: {e}; retrying in {backoff:?}");
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + drain;
+    while active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if active.get() > 0 {
+        crate::warn!("core {id}: drain timeout; closing {} connection(s)", active.get());
+    }
+}
+
+/// Counts a live connection for the drain; decrements on drop, panics included.
+struct ActiveGuard(Rc<Cell<usize>>);
+
+impl ActiveGuard {
+    fn new(c: Rc<Cell<usize>>) -> Self {
+        c.set(c.get() + 1);
+        ActiveGuard(c)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
