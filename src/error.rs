@@ -44,7 +44,12 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
-    pub fn new(status: u16, etype: ErrorType, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: u16,
+        etype: ErrorType,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         GatewayError {
             status,
             etype,
@@ -100,7 +105,10 @@ impl GatewayError {
             body.len()
         );
         if !request_id.is_empty() {
-            let _ = write!(out, "x-request-id: {request_id}\r\nx-ditto-request-id: {request_id}\r\n");
+            let _ = write!(
+                out,
+                "x-request-id: {request_id}\r\nx-ditto-request-id: {request_id}\r\n"
+            );
         }
         if let Some(b) = &self.backend {
             let _ = write!(out, "x-ditto-backend: {b}\r\n");

@@ -41,7 +41,8 @@ mod tests {
     #[test]
     fn peek_sees_idle_data_and_close_without_consuming() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
         assert_eq!(peek(server.as_raw_fd()), PeerState::Idle);
         client.write_all(b"x").expect("write");

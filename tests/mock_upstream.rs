@@ -72,7 +72,8 @@ impl Mock {
     fn connect(&self) -> BufReader<TcpStream> {
         let s = TcpStream::connect(self.addr()).expect("connect to mock");
         s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        s.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
         BufReader::new(s)
     }
 }
@@ -93,7 +94,10 @@ impl Response {
 
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -174,7 +178,10 @@ fn exchange(conn: &mut BufReader<TcpStream>, head: &str, body: &str) -> Response
 fn sse_data(body: &str) -> Vec<&str> {
     assert!(body.ends_with("\n\n"), "stream ends with a complete event");
     body.split_terminator("\n\n")
-        .map(|e| e.strip_prefix("data: ").expect("every event is a data line"))
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .expect("every event is a data line")
+        })
         .collect()
 }
 
@@ -209,11 +216,16 @@ fn models_completions_streams_and_echo_over_one_keep_alive_connection() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "gpt-x");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2 tok3 ");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "tok0 tok1 tok2 tok3 "
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["prompt_tokens"], 2);
     assert_eq!(v["usage"]["total_tokens"], 6);
-    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("chatcmpl-mock-")));
+    assert!(v["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("chatcmpl-mock-")));
 
     // A stream with a usage chunk: 4 content events, usage, [DONE].
     let ask = r#"{"model":"gpt-x","stream":true,"stream_options":{"include_usage":true}}"#;
@@ -266,8 +278,11 @@ fn models_completions_streams_and_echo_over_one_keep_alive_connection() {
     assert_eq!(v["headers"][2][1], "two");
 
     // Expect: 100-continue gets its interim answer before the body is sent.
-    let head = "POST /v1/echo HTTP/1.1\r\nhost: mock\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n";
-    conn.get_mut().write_all(head.as_bytes()).expect("send head");
+    let head =
+        "POST /v1/echo HTTP/1.1\r\nhost: mock\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n";
+    conn.get_mut()
+        .write_all(head.as_bytes())
+        .expect("send head");
     assert_eq!(read_line(&mut conn), "HTTP/1.1 100 Continue");
     assert_eq!(read_line(&mut conn), "");
     conn.get_mut().write_all(b"{}").expect("send body");
@@ -289,7 +304,11 @@ fn models_completions_streams_and_echo_over_one_keep_alive_connection() {
     assert_eq!(stats["requests"], 9, "{stats}");
 
     // Connection: close is honoured: the answer, then EOF.
-    let res = exchange(&mut conn, "GET /v1/models HTTP/1.1\r\nconnection: close", "");
+    let res = exchange(
+        &mut conn,
+        "GET /v1/models HTTP/1.1\r\nconnection: close",
+        "",
+    );
     assert_eq!(res.header("connection"), Some("close"));
     let mut rest = Vec::new();
     conn.read_to_end(&mut rest).expect("EOF after a close");
@@ -347,7 +366,10 @@ fn faults_break_the_connection_as_asked() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert_eq!(text.matches("data: ").count(), 2, "{text}");
-    assert!(!text.contains("[DONE]") && !text.ends_with("0\r\n\r\n"), "{text}");
+    assert!(
+        !text.contains("[DONE]") && !text.ends_with("0\r\n\r\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -41,11 +41,15 @@ fn run(args: cli::Args) -> Result<(), String> {
         None => Vec::new(),
     };
     let lookup = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .or_else(|| dotenv.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        std::env::var(name).ok().or_else(|| {
+            dotenv
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
     };
-    let config = Config::load_with_upstreams(&args.config_path, &lookup, &args.upstreams).map_err(|e| e.to_string())?;
+    let config = Config::load_with_upstreams(&args.config_path, &lookup, &args.upstreams)
+        .map_err(|e| e.to_string())?;
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -66,14 +70,22 @@ fn run(args: cli::Args) -> Result<(), String> {
     }
     let workers = args.workers.unwrap_or_else(server::default_workers);
     let backends = gw.backends.len();
-    let handle = server::start(Arc::new(gw), &args.listen, workers, Duration::from_secs(args.drain_timeout_secs))
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let handle = server::start(
+        Arc::new(gw),
+        &args.listen,
+        workers,
+        Duration::from_secs(args.drain_timeout_secs),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     info!(
         "listening on http://{} with {workers} worker(s), {backends} backend(s)",
         handle.local_addr
     );
     wait_for_signal(handle.stop_senders())?;
-    info!("shutting down: draining in-flight requests (up to {}s)", args.drain_timeout_secs);
+    info!(
+        "shutting down: draining in-flight requests (up to {}s)",
+        args.drain_timeout_secs
+    );
     handle.join();
     info!("stopped");
     Ok(())
@@ -82,7 +94,8 @@ fn run(args: cli::Args) -> Result<(), String> {
 /// Block until SIGTERM or SIGINT, then tell every shard to stop.
 fn wait_for_signal(stops: Vec<flume::Sender<()>>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     if let Some(sig) = signals.forever().next() {
         info!("received signal {sig}");
     }

@@ -296,7 +296,11 @@ mod tests {
             let (out, consumed, done) = decode_steps(body, step).expect("valid body");
             assert_eq!(out, b"hello, world", "step {step}");
             assert!(done, "step {step}");
-            assert_eq!(consumed, body.len() - 4, "stops before the next message, step {step}");
+            assert_eq!(
+                consumed,
+                body.len() - 4,
+                "stops before the next message, step {step}"
+            );
         }
     }
 
@@ -329,7 +333,11 @@ mod tests {
             b"ffffffffffffffffff\r\n",
         ] {
             let mut d = ChunkedDecoder::new();
-            assert!(d.decode(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                d.decode(bad, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -343,7 +351,11 @@ mod tests {
             b"0\r\nx: y\n\r\n",
         ] {
             let mut d = ChunkedDecoder::new();
-            assert!(d.decode(bad, |_| {}).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                d.decode(bad, |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -140,7 +140,10 @@ impl Fields {
             let name = &self.raw[f.name.start as usize..f.name.end as usize];
             // httparse only accepts token characters in names, so they are ASCII.
             let name = std::str::from_utf8(name).unwrap_or("");
-            (name, &self.raw[f.value.start as usize..f.value.end as usize])
+            (
+                name,
+                &self.raw[f.value.start as usize..f.value.end as usize],
+            )
         })
     }
 
@@ -295,14 +298,18 @@ impl RequestHead {
             .ok_or(HeadError::Unsupported(501, "method not supported"))?;
         let path = req.path.unwrap_or("");
         if !path.starts_with('/') {
-            return Err(HeadError::Malformed("request target must be an absolute path"));
+            return Err(HeadError::Malformed(
+                "request target must be an absolute path",
+            ));
         }
         let headers: &[httparse::Header<'_>] = req.headers;
         let framing = match declared_framing(headers)? {
             Declared::None => BodyFraming::Empty,
             Declared::Length(n) => BodyFraming::Length(n),
             Declared::Chunked if version == Version::Http10 => {
-                return Err(HeadError::Malformed("transfer-encoding in an HTTP/1.0 request"))
+                return Err(HeadError::Malformed(
+                    "transfer-encoding in an HTTP/1.0 request",
+                ))
             }
             Declared::Chunked => BodyFraming::Chunked,
             Declared::OtherCoding => {
@@ -381,7 +388,10 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// Parse a response head from the front of `buf`; `head_request` and the status decide
     /// whether a body follows. Same result convention as [`RequestHead::parse`].
-    pub fn parse(buf: &[u8], head_request: bool) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    pub fn parse(
+        buf: &[u8],
+        head_request: bool,
+    ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut slots);
         let len = match res.parse(buf) {
@@ -401,17 +411,18 @@ impl ResponseHead {
         let status = res.code.ok_or(HeadError::Malformed("invalid status"))?;
         let headers: &[httparse::Header<'_>] = res.headers;
         let declared = declared_framing(headers)?;
-        let framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-            BodyFraming::Empty
-        } else {
-            match declared {
-                Declared::None => BodyFraming::UntilClose,
-                Declared::Length(n) => BodyFraming::Length(n),
-                Declared::Chunked => BodyFraming::Chunked,
-                // RFC 9112 6.3: a final coding other than chunked means "read until close".
-                Declared::OtherCoding => BodyFraming::UntilClose,
-            }
-        };
+        let framing =
+            if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+                BodyFraming::Empty
+            } else {
+                match declared {
+                    Declared::None => BodyFraming::UntilClose,
+                    Declared::Length(n) => BodyFraming::Length(n),
+                    Declared::Chunked => BodyFraming::Chunked,
+                    // RFC 9112 6.3: a final coding other than chunked means "read until close".
+                    Declared::OtherCoding => BodyFraming::UntilClose,
+                }
+            };
         let keep_alive = framing != BodyFraming::UntilClose
             && match version {
                 Version::Http11 => !connection_has(headers, b"close"),
@@ -421,7 +432,11 @@ impl ResponseHead {
         let fields = Fields::collect_from(&raw, buf.as_ptr() as usize, headers);
         let reason = res.reason.unwrap_or("");
         let r0 = (reason.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize) as u32;
-        let reason = if reason.is_empty() { 0..0 } else { r0..r0 + reason.len() as u32 };
+        let reason = if reason.is_empty() {
+            0..0
+        } else {
+            r0..r0 + reason.len() as u32
+        };
         Ok(Some((
             ResponseHead {
                 status,

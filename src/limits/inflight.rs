@@ -39,10 +39,12 @@ impl InflightLimiter {
             if cur >= c.max {
                 return None;
             }
-            match c
-                .in_flight
-                .compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed)
-            {
+            match c.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     return Some(InflightPermit {
                         inner: self.inner.clone(),

@@ -49,7 +49,9 @@ fn error_kind(status: u16) -> (&'static str, Option<&'static str>) {
 /// An OpenAI-shaped error body: `{"error":{"message","type","param","code"}}`.
 pub fn error_body(status: u16, message: &str, code: Option<&str>) -> Vec<u8> {
     let (etype, default_code) = error_kind(status);
-    let code = code.or(default_code).map_or_else(|| "null".to_string(), quote);
+    let code = code
+        .or(default_code)
+        .map_or_else(|| "null".to_string(), quote);
     format!(
         r#"{{"error":{{"message":{},"type":"{etype}","param":null,"code":{code}}}}}"#,
         quote(message)
@@ -371,8 +373,8 @@ mod tests {
         let e: Value = serde_json::from_slice(&error_body(429, "slow down", None)).expect("json");
         assert_eq!(e["error"]["type"], "rate_limit_error");
         assert_eq!(e["error"]["code"], "rate_limit_exceeded");
-        let v: Value =
-            serde_json::from_slice(&embeddings(&json!({"input": ["a", "b c"]}), "e")).expect("json");
+        let v: Value = serde_json::from_slice(&embeddings(&json!({"input": ["a", "b c"]}), "e"))
+            .expect("json");
         assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
         assert_eq!(v["usage"]["prompt_tokens"], 3);
     }

@@ -441,8 +441,7 @@ async fn exchange<S: AsyncReadRent + AsyncWriteRent>(
 
     // HTTP/1.0 clients cannot take chunked: they get the body delimited by our close.
     let close_delimited = knobs.close_delimited
-        || (version == Version::Http10
-            && (knobs.chunked || matches!(reply.body, Payload::Sse(_))));
+        || (version == Version::Http10 && (knobs.chunked || matches!(reply.body, Payload::Sse(_))));
     let framing = match &reply.body {
         Payload::None => Out::NoBody,
         _ if close_delimited => Out::Close,
@@ -495,10 +494,7 @@ fn route(
     let default_model = shared.opts.models.first().map_or("mock", String::as_str);
     let get = matches!(head.method, Method::Get | Method::Head);
     if under("/echo") || under("/v1/echo") {
-        return (
-            Reply::json(200, api::echo(head, body, head.framing)),
-            None,
-        );
+        return (Reply::json(200, api::echo(head, body, head.framing)), None);
     }
     match path {
         "/v1/models" if get => (Reply::json(200, shared.model_list.clone()), None),
@@ -633,12 +629,7 @@ fn reason(status: u16) -> &'static str {
 fn response_head(reply: &Reply, framing: Out, keep_alive: bool, version: Version) -> BytesMut {
     use std::fmt::Write as _;
     let mut h = BytesMut::with_capacity(256);
-    let _ = write!(
-        h,
-        "HTTP/1.1 {} {}\r\n",
-        reply.status,
-        reason(reply.status)
-    );
+    let _ = write!(h, "HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
     match reply.body {
         Payload::Json(_) => h.put_slice(b"content-type: application/json\r\n"),
         Payload::Sse(_) => {
@@ -875,7 +866,10 @@ mod tests {
     fn model_names_carry_faults() {
         let f = model_fault(&serde_json::json!({"model": "mock-fault-reset-before-headers"}));
         assert_eq!(f, Ok(Some(Fault::ResetBeforeHeaders)));
-        assert_eq!(model_fault(&serde_json::json!({"model": "gpt-4o"})), Ok(None));
+        assert_eq!(
+            model_fault(&serde_json::json!({"model": "gpt-4o"})),
+            Ok(None)
+        );
         assert!(model_fault(&serde_json::json!({"model": "mock-fault-nope"})).is_err());
     }
 

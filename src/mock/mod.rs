@@ -140,7 +140,12 @@ where
             "--delay-ms" => opts.delay_ms = number(&flag, &value()?)?,
             "--size" => opts.size = number(&flag, &value()?)?,
             "--keepalive-timeout-secs" => {
-                opts.keepalive_timeout = Duration::from_secs(number(&flag, &value()?)?)
+                let secs: u64 = number(&flag, &value()?)?;
+                if secs == 0 {
+                    // Zero would close every connection before its first request.
+                    return Err("--keepalive-timeout-secs must be at least 1".to_string());
+                }
+                opts.keepalive_timeout = Duration::from_secs(secs);
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -250,7 +255,14 @@ impl MockServer {
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             let handle = std::thread::Builder::new()
                 .name(format!("mock-worker-{i}"))
-                .spawn(move || worker(i, core, listener, shared))?;
+                .spawn(move || {
+                    let res = worker(i, core, listener, shared);
+                    if let Err(e) = &res {
+                        // Said at once: `serve` only reports it when joining this thread.
+                        eprintln!("mock-upstream: worker {i} failed: {e}");
+                    }
+                    res
+                })?;
             handles.push(handle);
         }
         for h in handles {
@@ -317,13 +329,19 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> io
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         monoio::spawn(async move {
-            shared.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .open_connections
+                .fetch_add(1, Ordering::Relaxed);
             // monoio does not catch panics: an uncaught one would take the whole worker (and
             // every connection on it) down.
             let res = AssertUnwindSafe(conn::handle(stream, &shared))
                 .catch_unwind()
                 .await;
-            shared.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+            shared
+                .stats
+                .open_connections
+                .fetch_sub(1, Ordering::Relaxed);
             if res.is_err() {
                 eprintln!("mock-upstream: a connection task panicked; connection dropped");
             }
@@ -382,6 +400,7 @@ mod tests {
             &["--models", ","],
             &["--bogus"],
             &["--listen", "nohost"],
+            &["--keepalive-timeout-secs", "0"],
         ] {
             assert!(parse_args(bad.iter().copied()).is_err(), "{bad:?}");
         }

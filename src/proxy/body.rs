@@ -32,7 +32,13 @@ pub enum BodyError {
 /// route) and stream the media types that are large and never JSON.
 pub fn should_buffer(head: &RequestHead) -> bool {
     let ct = head.fields.get("content-type").unwrap_or(b"");
-    const STREAMED: [&[u8]; 5] = [b"multipart/", b"application/octet-stream", b"audio/", b"video/", b"image/"];
+    const STREAMED: [&[u8]; 5] = [
+        b"multipart/",
+        b"application/octet-stream",
+        b"audio/",
+        b"video/",
+        b"image/",
+    ];
     !STREAMED
         .iter()
         .any(|p| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p))
@@ -41,14 +47,22 @@ pub fn should_buffer(head: &RequestHead) -> bool {
 /// Tell a client that sent `Expect: 100-continue` to go ahead.
 pub async fn send_continue(client: &mut TcpStream, head: &RequestHead) -> Result<(), BodyError> {
     if head.expect_continue {
-        write_all_timeout(client, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"), CLIENT_WRITE_TIMEOUT)
-            .await
-            .map_err(|_| BodyError::Closed)?;
+        write_all_timeout(
+            client,
+            Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            CLIENT_WRITE_TIMEOUT,
+        )
+        .await
+        .map_err(|_| BodyError::Closed)?;
     }
     Ok(())
 }
 
-async fn read_more(client: &mut TcpStream, cbuf: &mut BytesMut, want: usize) -> Result<(), BodyError> {
+async fn read_more(
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    want: usize,
+) -> Result<(), BodyError> {
     match read_append_timeout(client, cbuf, want, BODY_IDLE_TIMEOUT).await {
         Ok(0) => Err(BodyError::Closed),
         Ok(_) => Ok(()),
@@ -126,13 +140,17 @@ pub async fn pump(
                 let take = left.min(cbuf.len());
                 if take > 0 {
                     let piece = cbuf.split_to(take).freeze();
-                    write_all(&mut up.stream, piece).await.map_err(PumpError::Upstream)?;
+                    write_all(&mut up.stream, piece)
+                        .await
+                        .map_err(PumpError::Upstream)?;
                     left -= take;
                 }
                 if left == 0 {
                     return Ok(());
                 }
-                read_more(client, cbuf, left.min(BODY_READ_CHUNK)).await.map_err(PumpError::Client)?;
+                read_more(client, cbuf, left.min(BODY_READ_CHUNK))
+                    .await
+                    .map_err(PumpError::Client)?;
             }
         }
         BodyFraming::Chunked => {
@@ -153,11 +171,15 @@ pub async fn pump(
                 if p.done {
                     out.extend_from_slice(LAST_CHUNK);
                 }
-                write_all(&mut up.stream, out.freeze()).await.map_err(PumpError::Upstream)?;
+                write_all(&mut up.stream, out.freeze())
+                    .await
+                    .map_err(PumpError::Upstream)?;
                 if p.done {
                     return Ok(());
                 }
-                read_more(client, cbuf, BODY_READ_CHUNK).await.map_err(PumpError::Client)?;
+                read_more(client, cbuf, BODY_READ_CHUNK)
+                    .await
+                    .map_err(PumpError::Client)?;
             }
         }
     }

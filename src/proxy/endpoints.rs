@@ -6,13 +6,23 @@ use super::{reply_json, After, Core};
 use crate::http::RequestHead;
 
 /// `GET /health`: the process is up. No auth, no dependency checks.
-pub async fn health(_core: &Core, client: &mut TcpStream, head: &RequestHead, request_id: &str) -> After {
+pub async fn health(
+    _core: &Core,
+    client: &mut TcpStream,
+    head: &RequestHead,
+    request_id: &str,
+) -> After {
     reply_json(client, head, request_id, 200, br#"{"status":"ok"}"#, false).await
 }
 
 /// `GET /ready`: 200 when this core accepts traffic and has somewhere to send it; 503 while
 /// draining (so a load balancer stops sending) or with no passthrough backend.
-pub async fn ready(core: &Core, client: &mut TcpStream, head: &RequestHead, request_id: &str) -> After {
+pub async fn ready(
+    core: &Core,
+    client: &mut TcpStream,
+    head: &RequestHead,
+    request_id: &str,
+) -> After {
     let draining = core.shutdown.is_fired();
     let backends = core.gw.backends.len();
     let ok = !draining && backends > 0;
@@ -24,5 +34,13 @@ pub async fn ready(core: &Core, client: &mut TcpStream, head: &RequestHead, requ
         ],
     });
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    reply_json(client, head, request_id, if ok { 200 } else { 503 }, &body, false).await
+    reply_json(
+        client,
+        head,
+        request_id,
+        if ok { 200 } else { 503 },
+        &body,
+        false,
+    )
+    .await
 }

@@ -70,7 +70,13 @@ pub async fn passthrough(
     } else {
         if let BodyFraming::Length(n) = head.framing {
             if n > gw.max_body_bytes as u64 {
-                return reply_body_error(client, &request_id, BodyError::TooLarge, gw.max_body_bytes).await;
+                return reply_body_error(
+                    client,
+                    &request_id,
+                    BodyError::TooLarge,
+                    gw.max_body_bytes,
+                )
+                .await;
             }
         }
         RequestBody::Streaming
@@ -93,7 +99,10 @@ pub async fn passthrough(
             429,
             ErrorType::RateLimit,
             "inflight_limit",
-            format!("the gateway is at its limit of {} requests in flight", gw.inflight.max()),
+            format!(
+                "the gateway is at its limit of {} requests in flight",
+                gw.inflight.max()
+            ),
         );
         return reply_error(client, &request_id, e, unread_body).await;
     };
@@ -112,7 +121,17 @@ pub async fn passthrough(
             None => None,
         };
         saw_free = true;
-        let result = exchange(core, client, cbuf, head, backend, upstream_path, &request_id, &body).await;
+        let result = exchange(
+            core,
+            client,
+            cbuf,
+            head,
+            backend,
+            upstream_path,
+            &request_id,
+            &body,
+        )
+        .await;
         match result {
             Ok(ex) => {
                 let permits = Permits {
@@ -147,11 +166,21 @@ pub async fn passthrough(
     reply_error(client, &request_id, e, unread_body).await
 }
 
-async fn reply_body_error(client: &mut TcpStream, request_id: &str, e: BodyError, max: usize) -> After {
+async fn reply_body_error(
+    client: &mut TcpStream,
+    request_id: &str,
+    e: BodyError,
+    max: usize,
+) -> After {
     let e = match e {
         BodyError::Closed => return After::Close,
         BodyError::TooLarge => body_too_large(max),
-        BodyError::Timeout => GatewayError::new(408, ErrorType::InvalidRequest, "request_timeout", "timed out reading the request body"),
+        BodyError::Timeout => GatewayError::new(
+            408,
+            ErrorType::InvalidRequest,
+            "request_timeout",
+            "timed out reading the request body",
+        ),
         BodyError::Malformed(m) => GatewayError::bad_request("invalid_request", m),
     };
     reply_error(client, request_id, e, true).await
@@ -170,7 +199,9 @@ async fn exchange(
     body: &RequestBody,
 ) -> Result<Exchange, ExchangeError> {
     let framing = match body {
-        RequestBody::Buffered(b) if b.is_empty() && !head.framing.has_body() && !needs_length(head.method) => {
+        RequestBody::Buffered(b)
+            if b.is_empty() && !head.framing.has_body() && !needs_length(head.method) =>
+        {
             OutFraming::None
         }
         RequestBody::Buffered(b) => OutFraming::Length(b.len() as u64),
@@ -199,7 +230,9 @@ async fn exchange(
             match body::pump(client, cbuf, head, core.gw.max_body_bytes, &mut conn).await {
                 Ok(()) => {}
                 Err(PumpError::Client(e)) => return Err(ExchangeError::Client(e)),
-                Err(PumpError::Upstream(e)) => return Err(ExchangeError::Failed(send_failed(backend, &e))),
+                Err(PumpError::Upstream(e)) => {
+                    return Err(ExchangeError::Failed(send_failed(backend, &e)))
+                }
             }
             read_response_head(conn, backend, head.method == Method::Head)
                 .await
@@ -234,7 +267,9 @@ pub async fn send_buffered(
     let mut fresh_only = false;
     loop {
         let mut conn = if fresh_only {
-            connect(backend, &core.gw.tls).await.map_err(connect_error)?
+            connect(backend, &core.gw.tls)
+                .await
+                .map_err(connect_error)?
         } else {
             checkout_or_connect(core, backend).await?
         };
@@ -275,7 +310,10 @@ fn connect_error(e: crate::upstream::connector::ConnectError) -> ExchangeError {
 }
 
 fn send_failed(backend: &Backend, e: &io::Error) -> GatewayError {
-    GatewayError::bad_gateway(format!("sending the request to backend \"{}\" failed: {e}", backend.name))
+    GatewayError::bad_gateway(format!(
+        "sending the request to backend \"{}\" failed: {e}",
+        backend.name
+    ))
 }
 
 /// Read the response head within the backend's timeout, skipping interim 1xx responses.
@@ -294,17 +332,31 @@ async fn read_response_head(
             Ok(Some((resp, len))) => {
                 let _ = buf.split_to(len);
                 if resp.status == 101 {
-                    return Err((GatewayError::bad_gateway(format!("backend \"{}\" tried to switch protocols", backend.name)), false));
+                    return Err((
+                        GatewayError::bad_gateway(format!(
+                            "backend \"{}\" tried to switch protocols",
+                            backend.name
+                        )),
+                        false,
+                    ));
                 }
                 if (100..200).contains(&resp.status) {
                     continue;
                 }
-                return Ok(Exchange { conn, resp, leftover: buf });
+                return Ok(Exchange {
+                    conn,
+                    resp,
+                    leftover: buf,
+                });
             }
             Ok(None) => {}
             Err(e) => return Err((bad_response(backend, &e), false)),
         }
-        let read = monoio::time::timeout_at(deadline, read_append(&mut conn.stream, &mut buf, RESPONSE_READ_BYTES)).await;
+        let read = monoio::time::timeout_at(
+            deadline,
+            read_append(&mut conn.stream, &mut buf, RESPONSE_READ_BYTES),
+        )
+        .await;
         match read {
             Err(_) => {
                 return Err((
@@ -317,14 +369,20 @@ async fn read_response_head(
             }
             Ok(Ok(0)) => {
                 return Err((
-                    GatewayError::bad_gateway(format!("backend \"{}\" closed the connection before responding", backend.name)),
+                    GatewayError::bad_gateway(format!(
+                        "backend \"{}\" closed the connection before responding",
+                        backend.name
+                    )),
                     !got_any,
                 ))
             }
             Ok(Ok(_)) => got_any = true,
             Ok(Err(e)) => {
                 return Err((
-                    GatewayError::bad_gateway(format!("reading the response of backend \"{}\" failed: {e}", backend.name)),
+                    GatewayError::bad_gateway(format!(
+                        "reading the response of backend \"{}\" failed: {e}",
+                        backend.name
+                    )),
                     !got_any,
                 ))
             }
@@ -333,5 +391,9 @@ async fn read_response_head(
 }
 
 fn bad_response(backend: &Backend, e: &HeadError) -> GatewayError {
-    GatewayError::bad_gateway(format!("backend \"{}\" sent an invalid response: {}", backend.name, e.reason()))
+    GatewayError::bad_gateway(format!(
+        "backend \"{}\" sent an invalid response: {}",
+        backend.name,
+        e.reason()
+    ))
 }

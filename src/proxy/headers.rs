@@ -76,7 +76,10 @@ pub fn upstream_request(
             || name.eq_ignore_ascii_case("x-request-id")
             || starts_with_ignore_case(name, "x-ditto-")
             || named_by_connection(connection, name)
-            || backend.headers.iter().any(|(k, _)| name.eq_ignore_ascii_case(k))
+            || backend
+                .headers
+                .iter()
+                .any(|(k, _)| name.eq_ignore_ascii_case(k))
         {
             continue;
         }
@@ -166,7 +169,10 @@ mod tests {
             timeout_seconds: None,
             connect_timeout_seconds: None,
             idle_ttl_seconds: None,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             query_params: vec![("api-version".into(), "1".into())],
             model_map: vec![],
             provider: None,
@@ -176,7 +182,10 @@ mod tests {
     }
 
     fn request(raw: &str) -> RequestHead {
-        RequestHead::parse(raw.as_bytes()).expect("parse").expect("complete").0
+        RequestHead::parse(raw.as_bytes())
+            .expect("parse")
+            .expect("complete")
+            .0
     }
 
     #[test]
@@ -188,24 +197,56 @@ mod tests {
         );
         let mut out = BytesMut::new();
         let b = backend(&[("Authorization", "Bearer backend")]);
-        upstream_request(&mut out, &head, &b, "/v1/chat/completions", "abc", OutFraming::Length(2));
+        upstream_request(
+            &mut out,
+            &head,
+            &b,
+            "/v1/chat/completions",
+            "abc",
+            OutFraming::Length(2),
+        );
         let s = String::from_utf8(out.to_vec()).expect("utf8");
-        assert!(s.starts_with("POST /v1/chat/completions?x=1&api-version=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"), "{s}");
-        for gone in ["Connection", "X-Secret", "Bearer client", "X-Ditto", "Proxy-Authorization", "Expect", "TE:", "Host: gw"] {
+        assert!(
+            s.starts_with(
+                "POST /v1/chat/completions?x=1&api-version=1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n"
+            ),
+            "{s}"
+        );
+        for gone in [
+            "Connection",
+            "X-Secret",
+            "Bearer client",
+            "X-Ditto",
+            "Proxy-Authorization",
+            "Expect",
+            "TE:",
+            "Host: gw",
+        ] {
             assert!(!s.contains(gone), "{gone} leaked: {s}");
         }
         assert!(s.contains("authorization: Bearer backend\r\n"));
         assert!(s.contains("Accept: */*\r\n"));
         assert!(s.contains("x-request-id: abc\r\n"));
         assert!(s.ends_with("content-length: 2\r\n\r\n"));
-        assert_eq!(s.matches("content-length").count() + s.matches("Content-Length").count(), 1);
+        assert_eq!(
+            s.matches("content-length").count() + s.matches("Content-Length").count(),
+            1
+        );
     }
 
     #[test]
     fn mode_b_forwards_the_client_authorization() {
-        let head = request("GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client\r\n\r\n");
+        let head =
+            request("GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer client\r\n\r\n");
         let mut out = BytesMut::new();
-        upstream_request(&mut out, &head, &backend(&[]), "/v1/models", "id", OutFraming::None);
+        upstream_request(
+            &mut out,
+            &head,
+            &backend(&[]),
+            "/v1/models",
+            "id",
+            OutFraming::None,
+        );
         let s = String::from_utf8(out.to_vec()).expect("utf8");
         assert!(s.contains("Authorization: Bearer client\r\n"));
     }
@@ -213,14 +254,26 @@ mod tests {
     #[test]
     fn client_head_replaces_framing_and_adds_ids() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nX-Request-Id: up-1\r\n\r\n";
-        let (resp, _) = ResponseHead::parse(raw.as_bytes(), false).expect("parse").expect("complete");
+        let (resp, _) = ResponseHead::parse(raw.as_bytes(), false)
+            .expect("parse")
+            .expect("complete");
         let mut out = BytesMut::new();
-        client_response(&mut out, &resp, "rid", "primary", OutFraming::Chunked, false, false);
+        client_response(
+            &mut out,
+            &resp,
+            "rid",
+            "primary",
+            OutFraming::Chunked,
+            false,
+            false,
+        );
         let s = String::from_utf8(out.to_vec()).expect("utf8");
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(s.contains("Content-Type: text/event-stream\r\n"));
         assert!(s.contains("x-upstream-request-id: up-1\r\n"));
-        assert!(s.contains("x-request-id: rid\r\nx-ditto-request-id: rid\r\nx-ditto-backend: primary\r\n"));
+        assert!(s.contains(
+            "x-request-id: rid\r\nx-ditto-request-id: rid\r\nx-ditto-backend: primary\r\n"
+        ));
         assert_eq!(s.matches("chunked").count(), 1);
         assert!(!s.contains("Connection"));
     }

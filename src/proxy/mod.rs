@@ -166,7 +166,12 @@ fn passthrough_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 /// Serve one request whose head has been read. `cbuf` holds any bytes after the head.
-pub async fn handle(core: &Core, client: &mut TcpStream, cbuf: &mut BytesMut, head: RequestHead) -> After {
+pub async fn handle(
+    core: &Core,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    head: RequestHead,
+) -> After {
     let request_id = core.ids.from_client_or_new(head.fields.get("x-request-id"));
     let path = head.path();
 
@@ -180,7 +185,13 @@ pub async fn handle(core: &Core, client: &mut TcpStream, cbuf: &mut BytesMut, he
         }
         (Method::Get, "/v1/models" | "/models") => {
             if head.framing.has_body() {
-                return reply_error(client, &request_id, GatewayError::bad_request("invalid_request", "GET /v1/models takes no body"), true).await;
+                return reply_error(
+                    client,
+                    &request_id,
+                    GatewayError::bad_request("invalid_request", "GET /v1/models takes no body"),
+                    true,
+                )
+                .await;
             }
             return models::list(core, client, &head, &request_id).await;
         }
@@ -195,9 +206,16 @@ pub async fn handle(core: &Core, client: &mut TcpStream, cbuf: &mut BytesMut, he
 
 /// Write a gateway-made error. `close` when the connection cannot be reused (e.g. an unread
 /// request body is still on the wire).
-pub async fn reply_error(client: &mut TcpStream, request_id: &str, e: GatewayError, close: bool) -> After {
+pub async fn reply_error(
+    client: &mut TcpStream,
+    request_id: &str,
+    e: GatewayError,
+    close: bool,
+) -> After {
     let resp = e.to_response(request_id, close);
-    let ok = write_all_timeout(client, resp, CLIENT_WRITE_TIMEOUT).await.is_ok();
+    let ok = write_all_timeout(client, resp, CLIENT_WRITE_TIMEOUT)
+        .await
+        .is_ok();
     if ok && !close {
         After::KeepAlive
     } else {
@@ -262,11 +280,26 @@ mod tests {
 
     #[test]
     fn aliases_are_rewritten_under_v1() {
-        assert_eq!(passthrough_path("/v1/chat/completions").as_deref(), Some("/v1/chat/completions"));
-        assert_eq!(passthrough_path("/chat/completions").as_deref(), Some("/v1/chat/completions"));
-        assert_eq!(passthrough_path("/audio/speech").as_deref(), Some("/v1/audio/speech"));
-        assert_eq!(passthrough_path("/files/abc").as_deref(), Some("/v1/files/abc"));
-        assert_eq!(passthrough_path("/models/gpt-4o").as_deref(), Some("/v1/models/gpt-4o"));
+        assert_eq!(
+            passthrough_path("/v1/chat/completions").as_deref(),
+            Some("/v1/chat/completions")
+        );
+        assert_eq!(
+            passthrough_path("/chat/completions").as_deref(),
+            Some("/v1/chat/completions")
+        );
+        assert_eq!(
+            passthrough_path("/audio/speech").as_deref(),
+            Some("/v1/audio/speech")
+        );
+        assert_eq!(
+            passthrough_path("/files/abc").as_deref(),
+            Some("/v1/files/abc")
+        );
+        assert_eq!(
+            passthrough_path("/models/gpt-4o").as_deref(),
+            Some("/v1/models/gpt-4o")
+        );
         assert_eq!(passthrough_path("/v2/x"), None);
         assert_eq!(passthrough_path("/completionsX"), None);
         assert_eq!(passthrough_path("/"), None);

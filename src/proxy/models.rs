@@ -19,10 +19,21 @@ use crate::upstream::Backend;
 const MAX_MODELS_BODY: usize = 8 * 1024 * 1024;
 
 /// Serve the aggregated list.
-pub async fn list(core: &Core, client: &mut TcpStream, head: &RequestHead, request_id: &str) -> After {
+pub async fn list(
+    core: &Core,
+    client: &mut TcpStream,
+    head: &RequestHead,
+    request_id: &str,
+) -> After {
     let backends = &core.gw.backends;
     if backends.is_empty() {
-        return reply_error(client, request_id, GatewayError::bad_gateway("no passthrough backend is configured"), false).await;
+        return reply_error(
+            client,
+            request_id,
+            GatewayError::bad_gateway("no passthrough backend is configured"),
+            false,
+        )
+        .await;
     }
     let results = join_all(backends.iter().map(|b| fetch(core, head, b, request_id))).await;
     let mut seen = ahash::AHashSet::new();
@@ -54,9 +65,21 @@ pub async fn list(core: &Core, client: &mut TcpStream, head: &RequestHead, reque
     reply_json(client, head, request_id, 200, &body, false).await
 }
 
-async fn fetch(core: &Core, head: &RequestHead, backend: &Backend, request_id: &str) -> Result<Vec<serde_json::Value>, String> {
+async fn fetch(
+    core: &Core,
+    head: &RequestHead,
+    backend: &Backend,
+    request_id: &str,
+) -> Result<Vec<serde_json::Value>, String> {
     let mut req = BytesMut::with_capacity(512);
-    headers::upstream_request(&mut req, head, backend, "/v1/models", request_id, OutFraming::None);
+    headers::upstream_request(
+        &mut req,
+        head,
+        backend,
+        "/v1/models",
+        request_id,
+        OutFraming::None,
+    );
     let ex = match send_buffered(core, backend, req.freeze(), Bytes::new(), false).await {
         Ok(ex) => ex,
         Err(ExchangeError::NotSent(e) | ExchangeError::Failed(e)) => return Err(e.message),
@@ -67,7 +90,8 @@ async fn fetch(core: &Core, head: &RequestHead, backend: &Backend, request_id: &
     if !(200..300).contains(&status) {
         return Err(format!("status {status}"));
     }
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("invalid models JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("invalid models JSON: {e}"))?;
     match v.get("data") {
         Some(serde_json::Value::Array(a)) => Ok(a.clone()),
         _ => Err("models response has no data[]".into()),
@@ -76,7 +100,11 @@ async fn fetch(core: &Core, head: &RequestHead, backend: &Backend, request_id: &
 
 /// Read a whole (bounded) response body; pools the connection when it ended cleanly.
 async fn read_to_end(core: &Core, backend: &Backend, ex: Exchange) -> Result<Bytes, String> {
-    let Exchange { mut conn, resp, leftover } = ex;
+    let Exchange {
+        mut conn,
+        resp,
+        leftover,
+    } = ex;
     let mut buf = leftover;
     let mut body = BytesMut::new();
     let mut decoder = ChunkedDecoder::new();
@@ -105,7 +133,12 @@ async fn read_to_end(core: &Core, backend: &Backend, ex: Exchange) -> Result<Byt
         if buf.len() + body.len() > MAX_MODELS_BODY {
             return Err("models response too large".into());
         }
-        match monoio::time::timeout(backend.timeout, read_append(&mut conn.stream, &mut buf, 16 * 1024)).await {
+        match monoio::time::timeout(
+            backend.timeout,
+            read_append(&mut conn.stream, &mut buf, 16 * 1024),
+        )
+        .await
+        {
             Ok(Ok(0)) if resp.framing == BodyFraming::UntilClose => return Ok(buf.freeze()),
             Ok(Ok(0)) => return Err("connection closed mid-body".into()),
             Ok(Ok(_)) => {}

@@ -85,8 +85,16 @@ pub async fn respond(
     let (mut mode, out_framing, keep_length) = match resp.framing {
         BodyFraming::Empty => (Mode::Empty, OutFraming::None, resp.status != 204),
         BodyFraming::Length(n) => (Mode::Length(n), OutFraming::Length(n), false),
-        BodyFraming::Chunked if http10 => (Mode::ChunkedToClose(ChunkedDecoder::new()), OutFraming::None, false),
-        BodyFraming::Chunked => (Mode::ChunkedVerbatim(ChunkedDecoder::new()), OutFraming::Chunked, false),
+        BodyFraming::Chunked if http10 => (
+            Mode::ChunkedToClose(ChunkedDecoder::new()),
+            OutFraming::None,
+            false,
+        ),
+        BodyFraming::Chunked => (
+            Mode::ChunkedVerbatim(ChunkedDecoder::new()),
+            OutFraming::Chunked,
+            false,
+        ),
         BodyFraming::UntilClose if http10 => (Mode::CloseToClose, OutFraming::None, false),
         BodyFraming::UntilClose => (Mode::CloseToChunked, OutFraming::Chunked, false),
     };
@@ -94,7 +102,15 @@ pub async fn respond(
     let close = !req.keep_alive || client_close_delimited || core.shutdown.is_fired();
 
     let mut head = BytesMut::with_capacity(512 + leftover.len().min(COALESCE_BYTES));
-    headers::client_response(&mut head, &resp, request_id, &backend.name, out_framing, keep_length, close);
+    headers::client_response(
+        &mut head,
+        &resp,
+        request_id,
+        &backend.name,
+        out_framing,
+        keep_length,
+        close,
+    );
 
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
     if let Mode::Length(n) = mode {
@@ -104,11 +120,22 @@ pub async fn respond(
             mode = Mode::Length(0);
         }
     }
-    if write_all_timeout(client, head.freeze(), CLIENT_WRITE_TIMEOUT).await.is_err() {
+    if write_all_timeout(client, head.freeze(), CLIENT_WRITE_TIMEOUT)
+        .await
+        .is_err()
+    {
         return After::Close;
     }
 
-    let ending = relay_body(client, &mut conn.stream, &mut leftover, &mut mode, backend.timeout, conn_fd(client)).await;
+    let ending = relay_body(
+        client,
+        &mut conn.stream,
+        &mut leftover,
+        &mut mode,
+        backend.timeout,
+        conn_fd(client),
+    )
+    .await;
     drop(permits);
     match ending {
         Ending::Complete { reusable } => {
@@ -146,7 +173,10 @@ async fn relay_body(
             Err(()) => return Ending::UpstreamFailed,
         };
         for piece in out {
-            if write_all_timeout(client, piece, CLIENT_WRITE_TIMEOUT).await.is_err() {
+            if write_all_timeout(client, piece, CLIENT_WRITE_TIMEOUT)
+                .await
+                .is_err()
+            {
                 return Ending::ClientGone;
             }
         }
@@ -162,7 +192,10 @@ async fn relay_body(
                 return match mode {
                     Mode::CloseToChunked => {
                         let fin = Bytes::from_static(LAST_CHUNK);
-                        if write_all_timeout(client, fin, CLIENT_WRITE_TIMEOUT).await.is_err() {
+                        if write_all_timeout(client, fin, CLIENT_WRITE_TIMEOUT)
+                            .await
+                            .is_err()
+                        {
                             return Ending::ClientGone;
                         }
                         Ending::Complete { reusable: false }

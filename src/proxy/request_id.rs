@@ -30,7 +30,13 @@ impl RequestIds {
         let n = self.next.get().wrapping_add(1);
         self.next.set(n);
         let mut s = String::with_capacity(40);
-        let _ = write!(s, "ditto-{:016x}-{:02x}-{:012x}", self.prefix, self.core & 0xff, n);
+        let _ = write!(
+            s,
+            "ditto-{:016x}-{:02x}-{:012x}",
+            self.prefix,
+            self.core & 0xff,
+            n
+        );
         s
     }
 

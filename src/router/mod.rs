@@ -139,7 +139,11 @@ impl Router {
             if let Some(rule) = self.exact.iter().find(|r| r.pattern == m) {
                 return &rule.group;
             }
-            if let Some(rule) = self.prefix.iter().find(|r| m.starts_with(r.pattern.as_str())) {
+            if let Some(rule) = self
+                .prefix
+                .iter()
+                .find(|r| m.starts_with(r.pattern.as_str()))
+            {
                 return &rule.group;
             }
         }
@@ -148,7 +152,8 @@ impl Router {
 
     /// Ordered candidate backends for `model`, for the request identified by `request_id`.
     pub fn candidates(&self, model: Option<&str>, request_id: &str) -> Candidates<'_> {
-        self.group_for(model).candidates(fnv1a(request_id.as_bytes()))
+        self.group_for(model)
+            .candidates(fnv1a(request_id.as_bytes()))
     }
 }
 
@@ -168,7 +173,10 @@ mod tests {
     use super::*;
 
     fn g(ws: &[(usize, f64)]) -> Group {
-        Group::new(ws.iter().map(|&(backend, weight)| Weighted { backend, weight }))
+        Group::new(
+            ws.iter()
+                .map(|&(backend, weight)| Weighted { backend, weight }),
+        )
     }
 
     #[test]
@@ -218,7 +226,10 @@ mod tests {
         }
         assert_eq!(counts[2] + counts[3], 0, "weights <= 0 are dropped");
         let share = counts[0] as f64 / 10_000.0;
-        assert!((0.70..0.80).contains(&share), "share of weight 3 of 4: {share}");
+        assert!(
+            (0.70..0.80).contains(&share),
+            "share of weight 3 of 4: {share}"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use monoio::net::TcpStream;
 
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::{read_append, read_append_timeout, write_all_timeout};
-use crate::http::limits::{CLIENT_WRITE_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, READ_BUF_BYTES};
+use crate::http::limits::{
+    CLIENT_WRITE_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, READ_BUF_BYTES,
+};
 use crate::http::{HeadError, RequestHead};
 use crate::proxy::{self, After, Core};
 
@@ -21,7 +23,12 @@ pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
-                let _ = write_all_timeout(&mut client, e.to_response(&core.ids.next_id(), true), CLIENT_WRITE_TIMEOUT).await;
+                let _ = write_all_timeout(
+                    &mut client,
+                    e.to_response(&core.ids.next_id(), true),
+                    CLIENT_WRITE_TIMEOUT,
+                )
+                .await;
                 return;
             }
         };
@@ -34,7 +41,11 @@ pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
 
 /// Read one request head. `Ok(None)`: the client closed (or idled out, or we are shutting
 /// down) between requests, which needs no answer.
-async fn read_head(core: &Core, client: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<RequestHead>, GatewayError> {
+async fn read_head(
+    core: &Core,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<RequestHead>, GatewayError> {
     // Between requests: wait for the first byte, or the idle timeout, or shutdown.
     if buf.is_empty() {
         let first = monoio::select! {
@@ -62,7 +73,12 @@ async fn read_head(core: &Core, client: &mut TcpStream, buf: &mut BytesMut) -> R
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return Err(GatewayError::new(408, ErrorType::InvalidRequest, "request_timeout", "timed out reading the request head"))
+                return Err(GatewayError::new(
+                    408,
+                    ErrorType::InvalidRequest,
+                    "request_timeout",
+                    "timed out reading the request head",
+                ))
             }
             Err(_) => return Ok(None),
         }

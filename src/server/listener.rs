@@ -12,10 +12,12 @@ const BACKLOG: i32 = 4096;
 /// Bind `n` listeners on `addr`. With port 0, the first bind picks the port and the others
 /// join it, so every core serves the same address.
 pub fn bind_all(addr: &str, n: usize) -> std::io::Result<Vec<TcpListener>> {
-    let mut resolved: SocketAddr = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: no address")))?;
+    let mut resolved: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr}: no address"),
+        )
+    })?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let l = bind_one(resolved)?;
@@ -43,7 +45,10 @@ mod tests {
     #[test]
     fn port_zero_gives_one_shared_port() {
         let ls = bind_all("127.0.0.1:0", 3).expect("bind");
-        let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        let ports: Vec<u16> = ls
+            .iter()
+            .map(|l| l.local_addr().expect("addr").port())
+            .collect();
         assert!(ports[0] != 0);
         assert!(ports.iter().all(|p| *p == ports[0]));
     }

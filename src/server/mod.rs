@@ -25,7 +25,12 @@ pub struct ServerHandle {
 }
 
 /// Bind `workers` listeners on `listen` and start one shard thread per listener.
-pub fn start(gw: Arc<Gateway>, listen: &str, workers: usize, drain: Duration) -> std::io::Result<ServerHandle> {
+pub fn start(
+    gw: Arc<Gateway>,
+    listen: &str,
+    workers: usize,
+    drain: Duration,
+) -> std::io::Result<ServerHandle> {
     let listeners = listener::bind_all(listen, workers)?;
     let local_addr = listeners[0].local_addr()?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();

@@ -43,7 +43,8 @@ pub fn run(
     crate::info!(
         "core {id}: I/O driver {}{}",
         if uring { "io_uring" } else { "legacy (epoll)" },
-        pin.map(|c| format!(", pinned to CPU {}", c.id)).unwrap_or_default()
+        pin.map(|c| format!(", pinned to CPU {}", c.id))
+            .unwrap_or_default()
     );
     rt.block_on(serve(id, listener, gw, stop, drain));
 }
@@ -110,7 +111,10 @@ async fn serve(
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if active.get() > 0 {
-        crate::warn!("core {id}: drain timeout; closing {} connection(s)", active.get());
+        crate::warn!(
+            "core {id}: drain timeout; closing {} connection(s)",
+            active.get()
+        );
     }
 }
 

@@ -59,7 +59,8 @@ impl Backend {
             .base_url
             .as_deref()
             .ok_or_else(|| format!("backend \"{}\" has no base_url", c.name))?;
-        let url = url::Url::parse(base).map_err(|e| format!("backend \"{}\": base_url: {e}", c.name))?;
+        let url =
+            url::Url::parse(base).map_err(|e| format!("backend \"{}\": base_url: {e}", c.name))?;
         let tls = match url.scheme() {
             "http" => false,
             "https" => true,
@@ -68,12 +69,17 @@ impl Backend {
         let host_str = url
             .host_str()
             .ok_or_else(|| format!("backend \"{}\": base_url has no host", c.name))?;
-        let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
         let authority = match url.port() {
             Some(p) => format!("{host_str}:{p}"),
             None => host_str.to_string(),
         };
-        let host = host_str.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host_str
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let base_path = url.path().trim_end_matches('/').to_string();
         let query = {
             let mut s = url::form_urlencoded::Serializer::new(String::new());
@@ -131,7 +137,11 @@ impl Backend {
             path
         };
         let _ = out.write_str(&self.base_path);
-        let _ = out.write_str(if rest.is_empty() && self.base_path.is_empty() { "/" } else { rest });
+        let _ = out.write_str(if rest.is_empty() && self.base_path.is_empty() {
+            "/"
+        } else {
+            rest
+        });
         let client_q = query.filter(|q| !q.is_empty());
         match (client_q, self.query.is_empty()) {
             (Some(q), true) => {
@@ -170,7 +180,10 @@ mod tests {
 
     fn target(url: &str, path: &str, q: Option<&str>, params: &[(&str, &str)]) -> String {
         let mut c = cfg("b", url);
-        c.query_params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        c.query_params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let b = Backend::from_config(0, &c).expect("backend");
         let mut s = String::new();
         b.write_target(&mut s, path, q);
@@ -179,21 +192,49 @@ mod tests {
 
     #[test]
     fn joins_without_doubling_v1() {
-        assert_eq!(target("https://api.openai.com/v1", "/v1/chat/completions", None, &[]), "/v1/chat/completions");
-        assert_eq!(target("https://api.openai.com/v1/", "/v1/models", None, &[]), "/v1/models");
-        assert_eq!(target("http://127.0.0.1:9000", "/v1/models", None, &[]), "/v1/models");
-        assert_eq!(target("http://h/openai", "/v1/models", None, &[]), "/openai/v1/models");
+        assert_eq!(
+            target(
+                "https://api.openai.com/v1",
+                "/v1/chat/completions",
+                None,
+                &[]
+            ),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            target("https://api.openai.com/v1/", "/v1/models", None, &[]),
+            "/v1/models"
+        );
+        assert_eq!(
+            target("http://127.0.0.1:9000", "/v1/models", None, &[]),
+            "/v1/models"
+        );
+        assert_eq!(
+            target("http://h/openai", "/v1/models", None, &[]),
+            "/openai/v1/models"
+        );
         assert_eq!(target("http://h/v1", "/v1", None, &[]), "/v1");
-        assert_eq!(target("http://h/v1", "/v1beta/x", None, &[]), "/v1/v1beta/x");
+        assert_eq!(
+            target("http://h/v1", "/v1beta/x", None, &[]),
+            "/v1/v1beta/x"
+        );
     }
 
     #[test]
     fn appends_query_params_after_the_clients() {
         assert_eq!(
-            target("http://h/v1", "/v1/x", Some("a=1"), &[("api-version", "2024-01 01")]),
+            target(
+                "http://h/v1",
+                "/v1/x",
+                Some("a=1"),
+                &[("api-version", "2024-01 01")]
+            ),
             "/v1/x?a=1&api-version=2024-01+01"
         );
-        assert_eq!(target("http://h/v1", "/v1/x", None, &[("k", "v&")]), "/v1/x?k=v%26");
+        assert_eq!(
+            target("http://h/v1", "/v1/x", None, &[("k", "v&")]),
+            "/v1/x?k=v%26"
+        );
         assert_eq!(target("http://h/v1", "/v1/x", Some(""), &[]), "/v1/x");
     }
 

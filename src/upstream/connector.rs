@@ -67,7 +67,12 @@ async fn connect_inner(backend: &Backend, tls: &Arc<ClientConfig>) -> Result<UpC
                     ))),
                 };
             }
-            Err(e) => last = format!("connect to backend \"{}\" ({addr}) failed: {e}", backend.name),
+            Err(e) => {
+                last = format!(
+                    "connect to backend \"{}\" ({addr}) failed: {e}",
+                    backend.name
+                )
+            }
         }
     }
     Err(fail(last))

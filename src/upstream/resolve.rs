@@ -32,7 +32,10 @@ impl Addrs {
             host: host.to_string(),
             port,
             fixed: ip.is_some(),
-            current: ArcSwap::from_pointee(ip.map(|ip| vec![SocketAddr::new(ip, port)]).unwrap_or_default()),
+            current: ArcSwap::from_pointee(
+                ip.map(|ip| vec![SocketAddr::new(ip, port)])
+                    .unwrap_or_default(),
+            ),
         }
     }
 
