@@ -1,5 +1,6 @@
 //! Every cap the HTTP/1.1 codec enforces, in one place, with the reason for each value.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Largest request or response head we accept (request line + headers + CRLFCRLF).
@@ -31,3 +32,24 @@ pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Initial read buffer per connection; grows only when a head or body needs it.
 pub const READ_BUF_BYTES: usize = 8 * 1024;
+
+/// The head timeout the server applies: [`HEADER_READ_TIMEOUT`], unless the hidden test hook
+/// `DITTO_TEST_HEADER_TIMEOUT_MS` is set. The integration tests use it to check the slowloris
+/// defence in half a second instead of ten; it is read once, at first use.
+pub fn header_read_timeout() -> Duration {
+    static T: OnceLock<Duration> = OnceLock::new();
+    *T.get_or_init(|| test_override("DITTO_TEST_HEADER_TIMEOUT_MS").unwrap_or(HEADER_READ_TIMEOUT))
+}
+
+/// The body-gap timeout the server applies: [`BODY_IDLE_TIMEOUT`], unless the hidden test hook
+/// `DITTO_TEST_BODY_TIMEOUT_MS` is set (same reason as [`header_read_timeout`]).
+pub fn body_idle_timeout() -> Duration {
+    static T: OnceLock<Duration> = OnceLock::new();
+    *T.get_or_init(|| test_override("DITTO_TEST_BODY_TIMEOUT_MS").unwrap_or(BODY_IDLE_TIMEOUT))
+}
+
+/// A positive millisecond count from the environment variable `name`, if set and valid.
+fn test_override(name: &str) -> Option<Duration> {
+    let ms: u64 = std::env::var(name).ok()?.trim().parse().ok()?;
+    (ms > 0).then(|| Duration::from_millis(ms))
+}

@@ -8,7 +8,7 @@ use monoio::net::TcpStream;
 
 use crate::http::chunked::{write_chunk_header, LAST_CHUNK};
 use crate::http::io::{read_append_timeout, write_all, write_all_timeout};
-use crate::http::limits::{BODY_IDLE_TIMEOUT, CLIENT_WRITE_TIMEOUT};
+use crate::http::limits::{body_idle_timeout, CLIENT_WRITE_TIMEOUT};
 use crate::http::{BodyFraming, ChunkedDecoder, RequestHead};
 use crate::upstream::UpConn;
 
@@ -63,7 +63,7 @@ async fn read_more(
     cbuf: &mut BytesMut,
     want: usize,
 ) -> Result<(), BodyError> {
-    match read_append_timeout(client, cbuf, want, BODY_IDLE_TIMEOUT).await {
+    match read_append_timeout(client, cbuf, want, body_idle_timeout()).await {
         Ok(0) => Err(BodyError::Closed),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),

@@ -10,7 +10,7 @@ use monoio::net::TcpStream;
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::{read_append, read_append_timeout, write_all_timeout};
 use crate::http::limits::{
-    CLIENT_WRITE_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, READ_BUF_BYTES,
+    header_read_timeout, CLIENT_WRITE_TIMEOUT, KEEPALIVE_IDLE_TIMEOUT, READ_BUF_BYTES,
 };
 use crate::http::{HeadError, RequestHead};
 use crate::proxy::{self, After, Core};
@@ -57,8 +57,8 @@ async fn read_head(
             _ => return Ok(None),
         }
     }
-    // From the first byte on, the whole head must arrive within HEADER_READ_TIMEOUT (slowloris).
-    let deadline = monoio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    // From the first byte on, the whole head must arrive within the head timeout (slowloris).
+    let deadline = monoio::time::Instant::now() + header_read_timeout();
     loop {
         match RequestHead::parse(buf) {
             Ok(Some((head, len))) => {
