@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Same load, three targets, one run: the mock upstream directly, nginx as a keep-alive reverse
-proxy, and ditto-gateway. Prints req/s, latency percentiles, RSS and the ratios to nginx.
+proxy, and ditto-gateway. Prints, per scenario, req/s, latency percentiles, the latency added
+over direct, RSS and every ratio to nginx.
 
-Usage:  python3 loadtest/compare.py [--duration 5] [--rounds 3] [--workers 1] [--skip-build]
+    python3 loadtest/compare.py                      # every scenario, 3 rounds x 5 s
+    python3 loadtest/compare.py --scenarios b --rounds 5 --duration 10
 
-Pinning (2-core default): the proxy under test (nginx or the gateway, one worker each unless
---workers says otherwise) gets CPU 0; the mock upstream and the load generator share the rest.
-Targets are measured in alternation over several rounds and the median round is reported, so a
-noisy moment hurts all three alike. Everything listens on 127.0.0.1 ports picked at random and
-every process is stopped at the end.
+Scenarios (issue "Performance"): a) c=1 latency; b) c=64 throughput, small JSON; c) 1,000
+concurrent SSE streams of 50 events 20 ms apart: time to first event and inter-event gap;
+d) 1 MiB request bodies; e) b with 1 worker and with every CPU (scaling).
+
+Pinning: the proxy under test (nginx or the gateway) gets CPU 0 (CPUs 0..N-1 in the scaling
+run), the mock upstream and the load generators the remaining CPUs; on a 2-CPU machine that
+is CPU 1. Targets run in alternation over several rounds and the median round is shown, so a
+noisy moment hurts all three alike. Load: wrk (Debian package) for throughput in b and e,
+ditto-loadgen (this crate) for p99.9, SSE arrival gaps and large bodies. Everything listens on
+127.0.0.1 ports picked at random, is bounded in time, and is stopped at the end.
 """
 import argparse
 import json
@@ -17,7 +24,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT_BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}'
+SSE_BODY = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
+TARGETS = ("direct", "nginx", "gateway")
 
 
 def free_port():
@@ -57,113 +65,90 @@ def rss_kib(pids):
     return total
 
 
-def children(pid):
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-    except OSError:
-        return []
+def tree(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid] + [int(p) for p in out.split()]
 
 
-def cpus():
-    n = os.cpu_count() or 1
-    proxy = "0"
-    rest = ",".join(str(i) for i in range(1, n)) or "0"
-    return proxy, rest
+def to_us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1_000_000}[m.group(2)]
 
 
-def parse_wrk(text):
-    """wrk --latency output -> dict(rps, p50, p90, p99) with latencies in microseconds."""
-    def to_us(v):
-        m = re.match(r"([\d.]+)(us|ms|s)", v)
-        if not m:
-            return float("nan")
-        x, unit = float(m.group(1)), m.group(2)
-        return x * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+class Bench:
+    def __init__(self, args, tmp):
+        self.args, self.tmp, self.procs = args, tmp, []
+        n = os.cpu_count() or 1
+        self.ncpu = n
+        self.gw_bin = os.path.join(ROOT, "target/release/ditto-gateway")
+        self.mock_bin = os.path.join(ROOT, "target/release/mock-upstream")
+        self.loadgen = os.path.join(ROOT, "target/release/ditto-loadgen")
+        self.nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
 
-    res = {}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    res["rps"] = float(m.group(1)) if m else 0.0
-    for pct in ("50", "90", "99"):
-        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", text, re.M)
-        res[f"p{pct}"] = to_us(m.group(1)) if m else float("nan")
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    res["errors"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    if m:
-        res["errors"] += sum(int(x) for x in m.groups())
-    return res
-
-
-def run_wrk(url, conns, duration, lua, loadgen_cpus):
-    threads = max(1, min(conns, 2))
-    cmd = ["taskset", "-c", loadgen_cpus, "wrk", "--latency", "-t", str(threads), "-c", str(conns),
-           "-d", f"{duration}s", "-s", lua, url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
-    return parse_wrk(out.stdout)
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=1, help="gateway workers and nginx worker_processes")
-    ap.add_argument("--conns", default="1,64", help="comma-separated concurrency levels")
-    ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--json", help="also write the results here as JSON")
-    args = ap.parse_args()
-
-    for tool in ("wrk", "nginx", "taskset"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"{tool} not found: apt-get install -y wrk nginx-light util-linux")
-    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "ditto-gateway", "--bin", "mock-upstream"],
-                       cwd=ROOT, check=True)
-    gw_bin = os.path.join(ROOT, "target/release/ditto-gateway")
-    mock_bin = os.path.join(ROOT, "target/release/mock-upstream")
-    proxy_cpu, rest_cpus = cpus()
-    if args.workers > 1:
-        proxy_cpu = ",".join(str(i) for i in range(args.workers))
-    tmp = tempfile.mkdtemp(prefix="ditto-compare-")
-    procs = []
-
-    def start(cmd, cpu, **kw):
-        p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{len(procs)}.log"), "w"), **kw)
-        procs.append(p)
+    def start(self, cmd, cpus):
+        log = open(os.path.join(self.tmp, f"proc{len(self.procs)}.log"), "w")
+        p = subprocess.Popen(["taskset", "-c", cpus] + cmd, stdout=subprocess.DEVNULL, stderr=log)
+        self.procs.append(p)
         return p
 
-    try:
-        mock_port, nginx_port, gw_port = free_port(), free_port(), free_port()
-        start([mock_bin, "--listen", f"127.0.0.1:{mock_port}", "--workers", "1", "--events", "5"], rest_cpus)
-        wait_port(mock_port)
+    def stop(self, p):
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        self.procs.remove(p)
 
+    def stop_all(self):
+        for p in list(self.procs):
+            self.stop(p)
+
+    def cpus(self, proxy_workers):
+        # The upper half of the CPUs (CPU 1 on a 2-CPU machine) always carries the mock and the
+        # load generators, so the scaling run can grow the proxy over the lower half.
+        half = max(1, self.ncpu // 2)
+        proxy = list(range(min(proxy_workers, half)))
+        rest = list(range(half, self.ncpu)) or [0]
+        return ",".join(map(str, proxy)), ",".join(map(str, rest))
+
+    def start_mock(self, cpus):
+        self.mock_port = free_port()
+        workers = max(1, len(cpus.split(",")))
+        self.mock = self.start([self.mock_bin, "--listen", f"127.0.0.1:{self.mock_port}", "--workers", str(workers)], cpus)
+        wait_port(self.mock_port)
+
+    def start_proxies(self, workers, proxy_cpus):
+        tmp, mock_port = self.tmp, self.mock_port
+        self.nginx_port, self.gw_port = free_port(), free_port()
         conf = os.path.join(tmp, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""
-worker_processes {args.workers};
+worker_processes {workers};
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
-    upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 256; }}
+    upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 1024; }}
     server {{
-        listen 127.0.0.1:{nginx_port} reuseport;
+        listen 127.0.0.1:{self.nginx_port} reuseport;
         client_max_body_size 64m;
+        client_body_buffer_size 2m;
         location / {{
             proxy_pass http://mock;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
+            proxy_request_buffering off;
         }}
     }}
 }}
 """)
-        nginx = start([nginx_bin, "-c", conf, "-e", os.path.join(tmp, "nginx-error.log")], proxy_cpu)
-        wait_port(nginx_port)
-
+        self.nginx = self.start([self.nginx_bin, "-c", conf, "-e", os.path.join(tmp, "nginx-error.log")], proxy_cpus)
         cfg = os.path.join(tmp, "gateway.json")
         with open(cfg, "w") as f:
             json.dump({
@@ -171,65 +156,158 @@ http {{
                 "virtual_keys": [],
                 "router": {"default_backends": [{"backend": "mock", "weight": 1.0}], "rules": []},
             }, f)
-        gw = start([gw_bin, cfg, "--listen", f"127.0.0.1:{gw_port}", "--workers", str(args.workers),
-                    "--proxy-max-in-flight", "100000"], proxy_cpu)
-        wait_port(gw_port)
-        time.sleep(0.5)
+        self.gw = self.start([self.gw_bin, cfg, "--listen", f"127.0.0.1:{self.gw_port}", "--workers", str(workers),
+                              "--proxy-max-in-flight", "100000"], proxy_cpus)
+        wait_port(self.nginx_port)
+        wait_port(self.gw_port)
+        time.sleep(0.3)
 
-        idle = {"nginx": rss_kib([nginx.pid] + children(nginx.pid)), "gateway": rss_kib([gw.pid])}
-        lua = os.path.join(tmp, "chat.lua")
+    def url(self, target, path="/v1/chat/completions"):
+        port = {"direct": self.mock_port, "nginx": self.nginx_port, "gateway": self.gw_port}[target]
+        return f"http://127.0.0.1:{port}{path}"
+
+    def rss(self):
+        return {"nginx": rss_kib(tree(self.nginx.pid)), "gateway": rss_kib([self.gw.pid])}
+
+    def wrk(self, target, conns, load_cpus):
+        lua = os.path.join(self.tmp, "chat.lua")
         with open(lua, "w") as f:
-            f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                    f"wrk.body = '{CHAT_BODY}'\n")
-        targets = {
-            "direct": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
-            "nginx": f"http://127.0.0.1:{nginx_port}/v1/chat/completions",
-            "gateway": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-        }
-        results = {}
-        peak = {"nginx": 0, "gateway": 0}
-        for conns in [int(c) for c in args.conns.split(",")]:
-            rounds = {t: [] for t in targets}
-            for _ in range(args.rounds):
-                for name, url in targets.items():
-                    rounds[name].append(run_wrk(url, conns, args.duration, lua, rest_cpus))
-                    if name == "nginx":
-                        peak["nginx"] = max(peak["nginx"], rss_kib([nginx.pid] + children(nginx.pid)))
-                    if name == "gateway":
-                        peak["gateway"] = max(peak["gateway"], rss_kib([gw.pid]))
-            for name, rs in rounds.items():
-                med = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
-                med["errors"] = sum(r["errors"] for r in rs)
-                results[(conns, name)] = med
+            f.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{CHAT_BODY}]]\n')
+        d = self.args.duration
+        out = subprocess.run(["taskset", "-c", load_cpus, "wrk", "--latency", "-t", str(min(conns, 2)), "-c", str(conns),
+                              "-d", f"{d}s", "-s", lua, self.url(target)], capture_output=True, text=True, timeout=d + 60).stdout
+        r = {"rps": float((re.search(r"Requests/sec:\s+([\d.]+)", out) or [0, 0])[1])}
+        for pct in ("50", "90", "99"):
+            m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+            r[f"p{pct}"] = to_us(m.group(1)) if m else float("nan")
+        errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        r["errors"] = (int(errs.group(1)) if errs else 0) + (sum(map(int, sock.groups())) if sock else 0)
+        return r
 
-        cpu_desc = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name:[ ]*//p' | head -1"], capture_output=True, text=True).stdout.strip()
-        print(f"\nmachine: {os.cpu_count()} CPUs ({cpu_desc}); proxy pinned to CPU {proxy_cpu}, mock + wrk on CPU {rest_cpus}; "
-              f"{args.workers} worker(s); {args.rounds} rounds x {args.duration}s, median round shown\n")
-        print(f"{'conns':>5} {'target':>8} {'req/s':>10} {'p50 us':>8} {'p90 us':>8} {'p99 us':>8} {'+p99 vs direct':>15} {'rps/nginx':>10} {'errors':>7}")
-        for conns in [int(c) for c in args.conns.split(",")]:
-            d = results[(conns, "direct")]
-            n = results[(conns, "nginx")]
-            for name in targets:
-                r = results[(conns, name)]
-                added = r["p99"] - d["p99"] if name != "direct" else 0.0
-                ratio = r["rps"] / n["rps"] if n["rps"] else float("nan")
-                print(f"{conns:>5} {name:>8} {r['rps']:>10.0f} {r['p50']:>8.0f} {r['p90']:>8.0f} {r['p99']:>8.0f} {added:>15.0f} {ratio:>10.2f} {r['errors']:>7}")
-        print(f"\nRSS KiB: gateway idle {idle['gateway']}, under load {peak['gateway']}; "
-              f"nginx (master+workers) idle {idle['nginx']}, under load {peak['nginx']}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({f"{c}/{n}": r for (c, n), r in results.items()} | {"rss": {"idle": idle, "peak": peak}}, f, indent=2)
+    def loadgen_run(self, target, load_cpus, *extra, duration=None):
+        d = duration or self.args.duration
+        cmd = ["taskset", "-c", load_cpus, self.loadgen, "--url", self.url(target), "--duration", str(d)] + list(extra)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 120)
+        try:
+            j = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            raise RuntimeError(f"loadgen failed: {out.stderr[-500:]}")
+        return {"rps": j["rps"], "p50": j["p50_us"], "p90": j["p90_us"], "p99": j["p99_us"], "p999": j["p999_us"],
+                "errors": j["errors"], "ttfe_p50": j["first_event_p50_us"], "ttfe_p99": j["first_event_p99_us"],
+                "gap_p50": j["gap_p50_us"], "gap_p99": j["gap_p99_us"], "gap_max": j["gap_max_us"], "events": j["events"]}
+
+
+def median_round(rounds, key="rps"):
+    rs = sorted(rounds, key=lambda r: r[key])
+    med = dict(rs[len(rs) // 2])
+    med["errors"] = sum(r["errors"] for r in rounds)
+    return med
+
+
+def alternate(bench, fn, peak):
+    rounds = {t: [] for t in TARGETS}
+    for _ in range(bench.args.rounds):
+        for t in TARGETS:
+            rounds[t].append(fn(t))
+            if t != "direct":
+                peak[t] = max(peak[t], bench.rss()[t])
+    return rounds
+
+
+def table(title, cols, rows):
+    print(f"\n{title}")
+    print("  ".join(f"{c[0]:>{c[1]}}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{v:>{c[1]}}" for v, c in zip(r, cols)))
+
+
+def fmt(x, nd=0):
+    if isinstance(x, float) and x != x:
+        return "n/a"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def latency_rows(res, keys):
+    rows = []
+    d, n = res["direct"], res["nginx"]
+    for t in TARGETS:
+        r = res[t]
+        added = r["p99"] - d["p99"] if t != "direct" else 0.0
+        rows.append([t, fmt(r["rps"])] + [fmt(float(r[k])) for k in keys] + [fmt(float(added)), fmt(r["rps"] / n["rps"] if n["rps"] else float("nan"), 2), r["errors"]])
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--scenarios", default="abcde")
+    ap.add_argument("--sse-streams", type=int, default=1000)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install -y wrk nginx-light util-linux")
+    if not args.skip_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "ditto-gateway", "--bin", "mock-upstream", "--bin", "ditto-loadgen"],
+                       cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="ditto-compare-")
+    bench = Bench(args, tmp)
+    cpu_desc = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name:[ ]*//p' | head -1"], capture_output=True, text=True).stdout.strip()
+    print(f"machine: {bench.ncpu} CPUs ({cpu_desc}); {args.rounds} rounds x {args.duration}s per target, median round shown")
+    try:
+        proxy_cpus, load_cpus = bench.cpus(1)
+        bench.start_mock(load_cpus)
+        bench.start_proxies(1, proxy_cpus)
+        idle = bench.rss()
+        peak = {"nginx": 0, "gateway": 0}
+        print(f"1 worker: proxy on CPU {proxy_cpus}; mock + load generator on CPU {load_cpus}")
+        cols = [("target", 8), ("req/s", 8)]
+        if "a" in args.scenarios:
+            res = {t: median_round(rs) for t, rs in alternate(bench, lambda t: bench.loadgen_run(t, load_cpus, "--conns", "1"), peak).items()}
+            table("(a) concurrency 1, small JSON (ditto-loadgen); latencies in microseconds",
+                  cols + [("p50", 6), ("p99", 6), ("p99.9", 6), ("+p99", 6), ("÷nginx", 6), ("errors", 6)],
+                  latency_rows(res, ["p50", "p99", "p999"]))
+        if "b" in args.scenarios:
+            res = {t: median_round(rs) for t, rs in alternate(bench, lambda t: bench.wrk(t, 64, load_cpus), peak).items()}
+            table("(b) concurrency 64, small JSON (wrk); latencies in microseconds",
+                  cols + [("p50", 6), ("p90", 6), ("p99", 6), ("+p99", 6), ("÷nginx", 6), ("errors", 6)],
+                  latency_rows(res, ["p50", "p90", "p99"]))
+        if "c" in args.scenarios:
+            n = str(args.sse_streams)
+            fn = lambda t: bench.loadgen_run(t, load_cpus, "--mode", "sse", "--conns", n, "--body", SSE_BODY,
+                                             "--header", "x-mock-events: 50", "--header", "x-mock-delay-ms: 20", duration=1)
+            res = {t: median_round(rs, "gap_p99") for t, rs in alternate(bench, fn, peak).items()}
+            d = res["direct"]
+            rows = [[t, fmt(res[t]["events"]), fmt(res[t]["ttfe_p50"]), fmt(res[t]["ttfe_p99"]), fmt(res[t]["gap_p50"]),
+                     fmt(res[t]["gap_p99"]), fmt(res[t]["gap_max"]),
+                     fmt(res[t]["ttfe_p99"] - d["ttfe_p99"]), fmt(res[t]["gap_p99"] - d["gap_p99"]), res[t]["errors"]] for t in TARGETS]
+            table(f"(c) {n} concurrent SSE streams x 50 events, 20 ms apart; microseconds",
+                  [("target", 8), ("events", 7), ("ttfe50", 7), ("ttfe99", 7), ("gap50", 6), ("gap99", 6), ("gapmax", 7),
+                   ("+ttfe99", 7), ("+gap99", 7), ("errors", 6)], rows)
+        if "d" in args.scenarios:
+            fn = lambda t: bench.loadgen_run(t, load_cpus, "--conns", "8", "--body-size", str(1 << 20))
+            res = {t: median_round(rs) for t, rs in alternate(bench, fn, peak).items()}
+            table("(d) 1 MiB request bodies, concurrency 8 (ditto-loadgen); microseconds",
+                  cols + [("p50", 6), ("p99", 6), ("p99.9", 6), ("+p99", 6), ("÷nginx", 6), ("errors", 6)],
+                  latency_rows(res, ["p50", "p99", "p999"]))
+        print(f"\nRSS KiB: gateway idle {idle['gateway']}, peak under load {peak['gateway']}; "
+              f"nginx (master + workers) idle {idle['nginx']}, peak under load {peak['nginx']}")
+        if "e" in args.scenarios and bench.ncpu > 2:
+            bench.stop(bench.nginx)
+            bench.stop(bench.gw)
+            allw = bench.ncpu // 2
+            proxy_cpus2, _ = bench.cpus(allw)
+            bench.start_proxies(allw, proxy_cpus2)
+            res = {t: median_round(rs) for t, rs in alternate(bench, lambda t: bench.wrk(t, 64 * allw, load_cpus), peak).items()}
+            table(f"(e) scaling: {allw} workers on CPUs {proxy_cpus2}, concurrency {64 * allw} (wrk)",
+                  cols + [("p50", 6), ("p90", 6), ("p99", 6), ("+p99", 6), ("÷nginx", 6), ("errors", 6)],
+                  latency_rows(res, ["p50", "p90", "p99"]))
+        elif "e" in args.scenarios:
+            print("\n(e) scaling skipped: needs more than 2 CPUs (the proxy and the load must not share CPUs)")
     finally:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except OSError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        bench.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
