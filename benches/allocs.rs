@@ -72,7 +72,8 @@ fn start_mock() -> (Kill, String) {
 fn drive(addr: &str, request: &[u8], n: usize) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..n {
         s.write_all(request).expect("write");
@@ -81,15 +82,23 @@ fn drive(addr: &str, request: &[u8], n: usize) {
             let r = s.read(&mut buf[have..]).expect("read");
             assert!(r > 0, "gateway closed the connection");
             have += r;
-            let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
             let head = &buf[..end];
-            assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(head));
+            assert!(
+                head.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
             let cl = head
                 .split(|b| *b == b'\n')
                 .find_map(|l| {
                     let l = std::str::from_utf8(l).ok()?.trim();
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
                 })
                 .expect("content-length");
             while have < end + 4 + cl {
@@ -108,9 +117,15 @@ fn main() {
         r#"{{"backends":[{{"name":"mock","base_url":"{mock_url}/v1"}}],"virtual_keys":[],"router":{{}}}}"#
     );
     let config = Config::from_str(&cfg, "json", &|_: &str| None).expect("config");
-    let opts = ProxyOptions { max_in_flight: 1024, max_body_bytes: 64 << 20, upstream_ca_file: None };
+    let opts = ProxyOptions {
+        max_in_flight: 1024,
+        max_body_bytes: 64 << 20,
+        upstream_ca_file: None,
+    };
     let (gw, _) = Gateway::build(&config, &opts).expect("gateway");
-    let handle = ditto_gateway::server::start(Arc::new(gw), "127.0.0.1:0", 1, Duration::from_secs(1)).expect("start");
+    let handle =
+        ditto_gateway::server::start(Arc::new(gw), "127.0.0.1:0", 1, Duration::from_secs(1))
+            .expect("start");
     let addr = handle.local_addr.to_string();
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}"#;
     let shapes = [
@@ -123,9 +138,15 @@ fn main() {
     const N: usize = 20_000;
     for (label, req) in &shapes {
         drive(&addr, req.as_bytes(), 2_000); // warm: pools, buffers, lazy statics
-        let (a0, b0) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a0, b0) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         drive(&addr, req.as_bytes(), N);
-        let (a1, b1) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a1, b1) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         println!(
             "{label}: {:.2} allocations and {:.0} bytes allocated per request (over {N} requests)",
             (a1 - a0) as f64 / N as f64,

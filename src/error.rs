@@ -93,8 +93,14 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
     }
 
-    /// The full response (head and body) for this error.
+    /// The full response (head and body) for this error, to an HTTP/1.1 client.
     pub fn to_response(&self, request_id: &str, close: bool) -> Bytes {
+        self.to_response_with(request_id, if close { "connection: close\r\n" } else { "" })
+    }
+
+    /// The full response with `connection_field` (a whole field line or empty, see
+    /// [`crate::http::Version::connection_field`]) as its `Connection` field.
+    pub fn to_response_with(&self, request_id: &str, connection_field: &str) -> Bytes {
         let body = self.body();
         let mut out = BytesMut::with_capacity(256 + body.len());
         let _ = write!(
@@ -116,9 +122,7 @@ impl GatewayError {
         if self.status == 429 {
             out.put_slice(b"retry-after: 1\r\n");
         }
-        if close {
-            out.put_slice(b"connection: close\r\n");
-        }
+        out.put_slice(connection_field.as_bytes());
         out.put_slice(b"\r\n");
         out.put_slice(&body);
         out.freeze()

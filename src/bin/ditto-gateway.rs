@@ -68,6 +68,9 @@ fn run(args: cli::Args) -> Result<(), String> {
     for w in upstream::resolve::start(gw.backends.iter().map(|b| b.addrs.clone()).collect()) {
         warn!("{w}");
     }
+    // Handlers go in before we listen: "listening on" tells a supervisor (or a test) that we are
+    // up, and a SIGTERM sent right after it must drain, not kill the process by default action.
+    let signals = install_signal_handlers()?;
     let workers = args.workers.unwrap_or_else(server::default_workers);
     let backends = gw.backends.len();
     let handle = server::start(
@@ -81,7 +84,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         "listening on http://{} with {workers} worker(s), {backends} backend(s)",
         handle.local_addr
     );
-    wait_for_signal(handle.stop_senders())?;
+    wait_for_signal(signals, handle.stop_senders());
     info!(
         "shutting down: draining in-flight requests (up to {}s)",
         args.drain_timeout_secs
@@ -91,16 +94,19 @@ fn run(args: cli::Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Block until SIGTERM or SIGINT, then tell every shard to stop.
-fn wait_for_signal(stops: Vec<flume::Sender<()>>) -> Result<(), String> {
+/// Catch SIGTERM and SIGINT from now on (delivered through [`wait_for_signal`]).
+fn install_signal_handlers() -> Result<signal_hook::iterator::Signals, String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))
+}
+
+/// Block until SIGTERM or SIGINT, then tell every shard to stop.
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals, stops: Vec<flume::Sender<()>>) {
     if let Some(sig) = signals.forever().next() {
         info!("received signal {sig}");
     }
     for s in stops {
         let _ = s.send(());
     }
-    Ok(())
 }

@@ -48,7 +48,8 @@ fn parse() -> Result<Opts, String> {
         threads: 1,
         duration: Duration::from_secs(5),
         method: "POST".into(),
-        body: br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}"#.to_vec(),
+        body: br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}"#
+            .to_vec(),
         headers: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -59,13 +60,19 @@ fn parse() -> Result<Opts, String> {
             "--mode" => o.mode = val()?,
             "--conns" => o.conns = val()?.parse().map_err(|e| format!("--conns: {e}"))?,
             "--threads" => o.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
-            "--duration" => o.duration = Duration::from_secs_f64(val()?.parse().map_err(|e| format!("--duration: {e}"))?),
+            "--duration" => {
+                o.duration =
+                    Duration::from_secs_f64(val()?.parse().map_err(|e| format!("--duration: {e}"))?)
+            }
             "--method" => o.method = val()?,
             "--body" => o.body = val()?.into_bytes(),
             "--body-size" => {
                 let n: usize = val()?.parse().map_err(|e| format!("--body-size: {e}"))?;
                 let pad = "x".repeat(n.saturating_sub(80));
-                o.body = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{pad}"}}]}}"#).into_bytes();
+                o.body = format!(
+                    r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{pad}"}}]}}"#
+                )
+                .into_bytes();
             }
             "--header" => o.headers.push(val()?),
             "--help" | "-h" => return Err(USAGE.into()),
@@ -75,15 +82,24 @@ fn parse() -> Result<Opts, String> {
     let url = url.ok_or(USAGE)?;
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    o.addr = authority.parse().map_err(|e| format!("{authority}: {e} (use IP:PORT)"))?;
+    o.addr = authority
+        .parse()
+        .map_err(|e| format!("{authority}: {e} (use IP:PORT)"))?;
     o.host = authority.to_string();
-    o.path = if path.is_empty() { "/".into() } else { path.into() };
+    o.path = if path.is_empty() {
+        "/".into()
+    } else {
+        path.into()
+    };
     o.threads = o.threads.clamp(1, o.conns.max(1));
     Ok(o)
 }
 
 fn request_bytes(o: &Opts) -> Vec<u8> {
-    let mut r = format!("{} {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n", o.method, o.path, o.host);
+    let mut r = format!(
+        "{} {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n",
+        o.method, o.path, o.host
+    );
     for h in &o.headers {
         r.push_str(h);
         r.push_str("\r\n");
@@ -118,7 +134,11 @@ async fn read_response(
         if let Some(h) = ResponseHead::parse(buf, false).map_err(|e| e.reason().to_string())? {
             break h;
         }
-        if read_append_timeout(s, buf, 16 * 1024, to).await.map_err(|e| e.to_string())? == 0 {
+        if read_append_timeout(s, buf, 16 * 1024, to)
+            .await
+            .map_err(|e| e.to_string())?
+            == 0
+        {
             return Err("closed".into());
         }
     };
@@ -143,7 +163,9 @@ async fn read_response(
             }
             BodyFraming::Chunked => {
                 let mut pieces = Vec::new();
-                let p = dec.decode(buf, |r| pieces.push(r)).map_err(|e| e.to_string())?;
+                let p = dec
+                    .decode(buf, |r| pieces.push(r))
+                    .map_err(|e| e.to_string())?;
                 for r in pieces {
                     on_payload(now, &buf[r]);
                 }
@@ -227,8 +249,12 @@ async fn sse_conn(o: Arc<Opts>, req: bytes::Bytes, out: Rc<RefCell<Samples>>) {
         }
         for _ in 0..ends {
             match last {
-                None => local.first_event_us.push(now.duration_since(t0).as_micros() as u32),
-                Some(prev) => local.gaps_us.push(now.duration_since(prev).as_micros() as u32),
+                None => local
+                    .first_event_us
+                    .push(now.duration_since(t0).as_micros() as u32),
+                Some(prev) => local
+                    .gaps_us
+                    .push(now.duration_since(prev).as_micros() as u32),
             }
             last = Some(now);
             local.events += 1;
@@ -293,7 +319,9 @@ fn main() {
                     for t in tasks {
                         t.await;
                     }
-                    Rc::try_unwrap(out).map(RefCell::into_inner).unwrap_or_default()
+                    Rc::try_unwrap(out)
+                        .map(RefCell::into_inner)
+                        .unwrap_or_default()
                 })
             })
         })

@@ -732,7 +732,7 @@ fn router(
     if default_backends.is_empty() && !backends.is_empty() {
         w.warn(
             &o.at("default_backends"),
-            "none set: requests whose model matches no rule (and keys without route) are rejected",
+            "none set: requests whose model matches no rule go to every backend, in file order",
         );
     }
     o.finish(w);
@@ -1814,7 +1814,7 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "router.default_backends: none set: requests whose model matches no rule (and keys without route) are rejected"
+                "router.default_backends: none set: requests whose model matches no rule go to every backend, in file order"
                     .to_string(),
                 "router.extra: unknown field, ignored".to_string(),
             ]

@@ -43,6 +43,20 @@ pub enum Version {
     Http11,
 }
 
+impl Version {
+    /// The `Connection` field line (with CRLF, or empty) a response to a request of this version
+    /// needs. HTTP/1.1 persists unless told `close`; HTTP/1.0 closes unless told `keep-alive`,
+    /// so a 1.0 client that asked to keep the connection must be answered so, or it waits for
+    /// our close (ApacheBench `-k` does) while we wait for its next request.
+    pub fn connection_field(self, close: bool) -> &'static str {
+        match (close, self) {
+            (true, _) => "connection: close\r\n",
+            (false, Version::Http10) => "connection: keep-alive\r\n",
+            (false, Version::Http11) => "",
+        }
+    }
+}
+
 /// The methods a gateway in front of model APIs has any use for. CONNECT and TRACE are refused
 /// on purpose: tunnelling and echoing requests are attack surface, not features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,8 +199,12 @@ enum Declared {
     None,
     Length(u64),
     Chunked,
-    /// Transfer-Encoding present but chunked is not the final coding (responses only).
+    /// Chunked is the final coding but others come before it (`gzip, chunked`): framed, but
+    /// with a coding we do not implement.
     OtherCoding,
+    /// Transfer-Encoding present but chunked is not the final coding (`chunked, identity`,
+    /// `xchunked`, an empty value).
+    NotChunked,
 }
 
 fn declared_framing(fields: &[httparse::Header<'_>]) -> Result<Declared, HeadError> {
@@ -229,7 +247,7 @@ fn declared_framing(fields: &[httparse::Header<'_>]) -> Result<Declared, HeadErr
     match codings.as_slice() {
         [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Declared::Chunked),
         [.., last] if last.eq_ignore_ascii_case(b"chunked") => Ok(Declared::OtherCoding),
-        _ => Ok(Declared::OtherCoding),
+        _ => Ok(Declared::NotChunked),
     }
 }
 
@@ -314,6 +332,13 @@ impl RequestHead {
             Declared::Chunked => BodyFraming::Chunked,
             Declared::OtherCoding => {
                 return Err(HeadError::Unsupported(501, "unsupported transfer-encoding"))
+            }
+            // RFC 9112 6.1: a request whose final coding is not chunked has no reliable length;
+            // the server MUST answer 400 and close (501 would invite a retry of the same bytes).
+            Declared::NotChunked => {
+                return Err(HeadError::Malformed(
+                    "transfer-encoding does not end with chunked",
+                ))
             }
         };
         let hosts = headers
@@ -420,7 +445,7 @@ impl ResponseHead {
                     Declared::Length(n) => BodyFraming::Length(n),
                     Declared::Chunked => BodyFraming::Chunked,
                     // RFC 9112 6.3: a final coding other than chunked means "read until close".
-                    Declared::OtherCoding => BodyFraming::UntilClose,
+                    Declared::OtherCoding | Declared::NotChunked => BodyFraming::UntilClose,
                 }
             };
         let keep_alive = framing != BodyFraming::UntilClose

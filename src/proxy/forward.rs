@@ -11,6 +11,7 @@
 use std::io;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{select, Either};
 use monoio::net::TcpStream;
 
 use super::body::{self, BodyError, PumpError};
@@ -65,13 +66,16 @@ pub async fn passthrough(
     let body = if body::should_buffer(head) {
         match body::read_whole(client, cbuf, head, gw.max_body_bytes).await {
             Ok(b) => RequestBody::Buffered(b),
-            Err(e) => return reply_body_error(client, &request_id, e, gw.max_body_bytes).await,
+            Err(e) => {
+                return reply_body_error(client, head, &request_id, e, gw.max_body_bytes).await
+            }
         }
     } else {
         if let BodyFraming::Length(n) = head.framing {
             if n > gw.max_body_bytes as u64 {
                 return reply_body_error(
                     client,
+                    head,
                     &request_id,
                     BodyError::TooLarge,
                     gw.max_body_bytes,
@@ -104,7 +108,7 @@ pub async fn passthrough(
                 gw.inflight.max()
             ),
         );
-        return reply_error(client, &request_id, e, unread_body).await;
+        return reply_error(client, head, &request_id, e, unread_body).await;
     };
 
     let mut last_error: Option<GatewayError> = None;
@@ -142,10 +146,17 @@ pub async fn passthrough(
             }
             Err(ExchangeError::NotSent(e)) => last_error = Some(e.with_backend(&backend.name)),
             Err(ExchangeError::Failed(e)) => {
-                return reply_error(client, &request_id, e.with_backend(&backend.name), true).await
+                return reply_error(
+                    client,
+                    head,
+                    &request_id,
+                    e.with_backend(&backend.name),
+                    true,
+                )
+                .await
             }
             Err(ExchangeError::Client(e)) => {
-                return reply_body_error(client, &request_id, e, gw.max_body_bytes).await
+                return reply_body_error(client, head, &request_id, e, gw.max_body_bytes).await
             }
         }
     }
@@ -163,11 +174,12 @@ pub async fn passthrough(
         (_, _, Some(e)) => e,
         (_, _, None) => GatewayError::bad_gateway("no backend could be reached"),
     };
-    reply_error(client, &request_id, e, unread_body).await
+    reply_error(client, head, &request_id, e, unread_body).await
 }
 
 async fn reply_body_error(
     client: &mut TcpStream,
+    head: &RequestHead,
     request_id: &str,
     e: BodyError,
     max: usize,
@@ -183,7 +195,7 @@ async fn reply_body_error(
         ),
         BodyError::Malformed(m) => GatewayError::bad_request("invalid_request", m),
     };
-    reply_error(client, request_id, e, true).await
+    reply_error(client, head, request_id, e, true).await
 }
 
 /// One request/response-head exchange with `backend`, with the fresh-connection retry.
@@ -217,7 +229,8 @@ async fn exchange(
 
     match body {
         RequestBody::Buffered(b) => {
-            send_buffered(core, backend, req, b.clone(), head.method == Method::Head).await
+            let head_request = head.method == Method::Head;
+            send_buffered(core, backend, req, b.clone(), head_request, Some(&*client)).await
         }
         RequestBody::Streaming => {
             let mut conn = checkout_or_connect(core, backend).await?;
@@ -234,9 +247,9 @@ async fn exchange(
                     return Err(ExchangeError::Failed(send_failed(backend, &e)))
                 }
             }
-            read_response_head(conn, backend, head.method == Method::Head)
+            read_response_head(conn, backend, head.method == Method::Head, Some(&*client))
                 .await
-                .map_err(|(e, _)| ExchangeError::Failed(e))
+                .map_err(HeadFailure::into_exchange_error)
         }
     }
 }
@@ -247,13 +260,15 @@ fn needs_length(m: Method) -> bool {
 }
 
 /// Send a request whose body is in memory and read the response head; retries once on a fresh
-/// connection when a reused one turns out dead. Shared by passthrough and `/v1/models`.
+/// connection when a reused one turns out dead. Shared by passthrough and `/v1/models`. With
+/// `watch`, the wait for the head ends as soon as that client closes its connection.
 pub async fn send_buffered(
     core: &Core,
     backend: &Backend,
     req: Bytes,
     body: Bytes,
     head_request: bool,
+    watch: Option<&TcpStream>,
 ) -> Result<Exchange, ExchangeError> {
     // Small bodies ride in the head's write: one syscall instead of two.
     let (first, second) = if body.len() <= 16 * 1024 {
@@ -286,10 +301,10 @@ pub async fn send_buffered(
             }
             return Err(ExchangeError::Failed(send_failed(backend, &e)));
         }
-        match read_response_head(conn, backend, head_request).await {
+        match read_response_head(conn, backend, head_request, watch).await {
             Ok(ex) => return Ok(ex),
-            Err((_, true)) if reused => fresh_only = true,
-            Err((e, _)) => return Err(ExchangeError::Failed(e)),
+            Err(HeadFailure::Upstream(_, true)) if reused => fresh_only = true,
+            Err(f) => return Err(f.into_exchange_error()),
         }
     }
 }
@@ -316,23 +331,50 @@ fn send_failed(backend: &Backend, e: &io::Error) -> GatewayError {
     ))
 }
 
+/// Why no response head was read.
+enum HeadFailure {
+    /// The upstream failed; the flag tells whether the connection died before sending a single
+    /// byte (a reused connection's tell-tale of an idle close, worth one retry).
+    Upstream(GatewayError, bool),
+    /// The client closed its connection while we waited: nobody to answer.
+    ClientGone,
+}
+
+impl HeadFailure {
+    fn into_exchange_error(self) -> ExchangeError {
+        match self {
+            HeadFailure::Upstream(e, _) => ExchangeError::Failed(e),
+            HeadFailure::ClientGone => ExchangeError::Client(BodyError::Closed),
+        }
+    }
+}
+
 /// Read the response head within the backend's timeout, skipping interim 1xx responses.
-/// On error, the flag tells whether the connection died before sending a single byte (a
-/// reused connection's tell-tale of an idle close).
+///
+/// With `watch`, a client that closes its connection meanwhile ends the wait at once: a
+/// non-streamed completion can take minutes before its head, and the upstream request (its
+/// connection, dropped here and never pooled) and the permits must not outlive the client.
 async fn read_response_head(
     mut conn: UpConn,
     backend: &Backend,
     head_request: bool,
-) -> Result<Exchange, (GatewayError, bool)> {
+    watch: Option<&TcpStream>,
+) -> Result<Exchange, HeadFailure> {
     let deadline = monoio::time::Instant::now() + backend.timeout;
     let mut buf = BytesMut::with_capacity(RESPONSE_READ_BYTES);
     let mut got_any = false;
+    let mut client_gone = std::pin::pin!(async {
+        match watch {
+            Some(client) => relay::client_closed(client).await,
+            None => std::future::pending().await,
+        }
+    });
     loop {
         match ResponseHead::parse(&buf, head_request) {
             Ok(Some((resp, len))) => {
                 let _ = buf.split_to(len);
                 if resp.status == 101 {
-                    return Err((
+                    return Err(HeadFailure::Upstream(
                         GatewayError::bad_gateway(format!(
                             "backend \"{}\" tried to switch protocols",
                             backend.name
@@ -350,41 +392,45 @@ async fn read_response_head(
                 });
             }
             Ok(None) => {}
-            Err(e) => return Err((bad_response(backend, &e), false)),
+            Err(e) => return Err(HeadFailure::Upstream(bad_response(backend, &e), false)),
         }
-        let read = monoio::time::timeout_at(
+        let read = std::pin::pin!(monoio::time::timeout_at(
             deadline,
             read_append(&mut conn.stream, &mut buf, RESPONSE_READ_BYTES),
-        )
-        .await;
+        ));
+        let read = match select(read, client_gone.as_mut()).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => return Err(HeadFailure::ClientGone),
+        };
+        let fail = |e: GatewayError, before_any: bool| Err(HeadFailure::Upstream(e, before_any));
         match read {
             Err(_) => {
-                return Err((
+                return fail(
                     GatewayError::timeout(format!(
                         "backend \"{}\" sent no response within {:?}",
                         backend.name, backend.timeout
                     )),
                     false,
-                ))
+                )
             }
             Ok(Ok(0)) => {
-                return Err((
+                return fail(
                     GatewayError::bad_gateway(format!(
                         "backend \"{}\" closed the connection before responding",
                         backend.name
                     )),
                     !got_any,
-                ))
+                )
             }
             Ok(Ok(_)) => got_any = true,
             Ok(Err(e)) => {
-                return Err((
+                return fail(
                     GatewayError::bad_gateway(format!(
                         "reading the response of backend \"{}\" failed: {e}",
                         backend.name
                     )),
                     !got_any,
-                ))
+                )
             }
         }
     }

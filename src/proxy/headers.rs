@@ -96,7 +96,8 @@ pub fn upstream_request(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Write the client response head for an upstream response.
+/// Write the client response head for an upstream response, for an HTTP/1.1 client
+/// (`connection: close` when `close`).
 pub fn client_response(
     out: &mut BytesMut,
     resp: &ResponseHead,
@@ -105,6 +106,29 @@ pub fn client_response(
     framing: OutFraming,
     keep_upstream_length: bool,
     close: bool,
+) {
+    let connection_field = crate::http::Version::Http11.connection_field(close);
+    client_response_with(
+        out,
+        resp,
+        request_id,
+        backend,
+        framing,
+        keep_upstream_length,
+        connection_field,
+    );
+}
+
+/// [`client_response`] for any client: `connection_field` is the whole `Connection` line to
+/// send, or empty (see [`crate::http::Version::connection_field`]).
+pub fn client_response_with(
+    out: &mut BytesMut,
+    resp: &ResponseHead,
+    request_id: &str,
+    backend: &str,
+    framing: OutFraming,
+    keep_upstream_length: bool,
+    connection_field: &str,
 ) {
     let reason = resp.reason();
     let reason = if reason.is_empty() {
@@ -136,9 +160,7 @@ pub fn client_response(
         "x-request-id: {request_id}\r\nx-ditto-request-id: {request_id}\r\nx-ditto-backend: {backend}\r\n"
     );
     write_framing(out, framing);
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    out.extend_from_slice(connection_field.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 

@@ -165,6 +165,22 @@ fn passthrough_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     aliased.then(|| format!("/v1{path}").into())
 }
 
+/// True when `path` has a `.` or `..` segment, also spelled with `%2e` or split by an encoded
+/// slash (`%2f`) or a backslash, as some servers decode those before resolving dot segments.
+fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if memchr::memchr2(b'.', b'%', bytes).is_none() {
+        return false;
+    }
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded.split('/').any(|seg| seg == "." || seg == "..")
+}
+
 /// Serve one request whose head has been read. `cbuf` holds any bytes after the head.
 pub async fn handle(
     core: &Core,
@@ -174,6 +190,12 @@ pub async fn handle(
 ) -> After {
     let request_id = core.ids.from_client_or_new(head.fields.get("x-request-id"));
     let path = head.path();
+    if has_dot_segment(path) {
+        // An upstream that resolves `..` would serve a path outside the backend's base URL,
+        // with the backend's injected credentials (Mode A): refuse rather than forward.
+        let e = GatewayError::bad_request("invalid_path", "the path has a . or .. segment");
+        return reply_error(client, &head, &request_id, e, head.framing.has_body()).await;
+    }
 
     // The gateway's own endpoints.
     match (head.method, path) {
@@ -187,6 +209,7 @@ pub async fn handle(
             if head.framing.has_body() {
                 return reply_error(
                     client,
+                    &head,
                     &request_id,
                     GatewayError::bad_request("invalid_request", "GET /v1/models takes no body"),
                     true,
@@ -199,20 +222,24 @@ pub async fn handle(
     }
     let Some(upstream_path) = passthrough_path(path) else {
         let e = GatewayError::not_found(format!("no route for {} {}", head.method.as_str(), path));
-        return reply_error(client, &request_id, e, head.framing.has_body()).await;
+        return reply_error(client, &head, &request_id, e, head.framing.has_body()).await;
     };
     forward::passthrough(core, client, cbuf, &head, &upstream_path, request_id).await
 }
 
-/// Write a gateway-made error. `close` when the connection cannot be reused (e.g. an unread
-/// request body is still on the wire).
+/// Write a gateway-made error to the client that sent `head`. `close` when the connection
+/// cannot be reused (e.g. an unread request body is still on the wire); the client's own
+/// `Connection: close` (or an HTTP/1.0 request without keep-alive) closes it too, as it does
+/// for every other response.
 pub async fn reply_error(
     client: &mut TcpStream,
+    head: &RequestHead,
     request_id: &str,
     e: GatewayError,
     close: bool,
 ) -> After {
-    let resp = e.to_response(request_id, close);
+    let close = close || !head.keep_alive;
+    let resp = e.to_response_with(request_id, head.version.connection_field(close));
     let ok = write_all_timeout(client, resp, CLIENT_WRITE_TIMEOUT)
         .await
         .is_ok();
@@ -241,9 +268,7 @@ pub async fn reply_json(
         body.len()
     );
     let close = close || !head.keep_alive;
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+    out.extend_from_slice(head.version.connection_field(close).as_bytes());
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {
         out.extend_from_slice(body);
@@ -277,6 +302,31 @@ pub fn bytes_static(s: &'static str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::passthrough_path;
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        use super::has_dot_segment;
+        for bad in [
+            "/v1/../x",
+            "/v1/./x",
+            "/v1/..",
+            "/v1/%2E%2e/x",
+            "/v1/..%2Fx",
+            "/v1/..\\x",
+            "/..",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in [
+            "/v1/models/gpt-4.1",
+            "/v1/a..b",
+            "/v1/...",
+            "/v1/x%20y",
+            "/v1/chat/completions",
+        ] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
 
     #[test]
     fn aliases_are_rewritten_under_v1() {

@@ -29,6 +29,7 @@ pub async fn list(
     if backends.is_empty() {
         return reply_error(
             client,
+            head,
             request_id,
             GatewayError::bad_gateway("no passthrough backend is configured"),
             false,
@@ -58,7 +59,7 @@ pub async fn list(
         }
     }
     if let (true, Some(e)) = (seen.is_empty() && data.is_empty(), last_error) {
-        return reply_error(client, request_id, e, false).await;
+        return reply_error(client, head, request_id, e, false).await;
     }
     let body = serde_json::json!({"object": "list", "data": data});
     let body = serde_json::to_vec(&body).unwrap_or_default();
@@ -80,7 +81,7 @@ async fn fetch(
         request_id,
         OutFraming::None,
     );
-    let ex = match send_buffered(core, backend, req.freeze(), Bytes::new(), false).await {
+    let ex = match send_buffered(core, backend, req.freeze(), Bytes::new(), false, None).await {
         Ok(ex) => ex,
         Err(ExchangeError::NotSent(e) | ExchangeError::Failed(e)) => return Err(e.message),
         Err(ExchangeError::Client(_)) => return Err("unexpected client error".into()),

@@ -102,14 +102,14 @@ pub async fn respond(
     let close = !req.keep_alive || client_close_delimited || core.shutdown.is_fired();
 
     let mut head = BytesMut::with_capacity(512 + leftover.len().min(COALESCE_BYTES));
-    headers::client_response(
+    headers::client_response_with(
         &mut head,
         &resp,
         request_id,
         &backend.name,
         out_framing,
         keep_length,
-        close,
+        req.version.connection_field(close),
     );
 
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
@@ -300,6 +300,28 @@ async fn read_watching(
             },
         }
     }
+}
+
+/// Resolves once `client` has closed its connection (EOF or a socket error). Never resolves
+/// while the client is merely idle, nor once it has sent bytes (a pipelined request, left in
+/// the socket for the connection loop), nor after repeated spurious readiness.
+pub async fn client_closed(client: &TcpStream) {
+    let fd = client.as_raw_fd();
+    let mut spurious = 0;
+    loop {
+        let res = client.readable(false).await;
+        match peek(fd) {
+            PeerState::Closed => return,
+            PeerState::HasData => break,
+            PeerState::Idle => {
+                spurious += 1;
+                if res.is_err() || spurious > 3 {
+                    break;
+                }
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 fn classify(r: Result<std::io::Result<usize>, monoio::time::error::Elapsed>) -> Read {

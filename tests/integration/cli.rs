@@ -8,13 +8,21 @@ use crate::harness::{echo_header, get, run_cli, single, write_file, Gateway, Moc
 fn no_arguments_print_usage_on_stderr_and_fail() {
     let r = run_cli(&[], &[], &[]);
     assert!(!r.status.success(), "{:?}", r.status);
-    assert!(r.stderr.contains("usage: ditto-gateway CONFIG"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("usage: ditto-gateway CONFIG"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn unknown_flag_is_named_and_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_file(dir.path(), "gateway.json", &single("m", "http://127.0.0.1:9/v1", json!({})));
+    let cfg = write_file(
+        dir.path(),
+        "gateway.json",
+        &single("m", "http://127.0.0.1:9/v1", json!({})),
+    );
     let r = run_cli(&[cfg.to_str().expect("path"), "--no-such-flag"], &[], &[]);
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("--no-such-flag"), "{}", r.stderr);
@@ -25,7 +33,11 @@ fn unknown_flag_is_named_and_fails() {
 fn help_exits_zero_with_usage() {
     let r = run_cli(&["--help"], &[], &[]);
     assert!(r.status.success(), "{:?} {}", r.status, r.stderr);
-    assert!(r.stdout.contains("usage: ditto-gateway CONFIG"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("usage: ditto-gateway CONFIG"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("--listen"), "{}", r.stdout);
 }
 
@@ -56,7 +68,10 @@ fn dotenv_file_supplies_a_variable() {
         json!({"headers": {"authorization": "Bearer ${DITTO_IT_DOTENV_KEY}"}}),
     );
     let gw = Gateway::builder(&cfg)
-        .file(".env", "# comment\nexport DITTO_IT_DOTENV_KEY=\"from-dotenv\"\n")
+        .file(
+            ".env",
+            "# comment\nexport DITTO_IT_DOTENV_KEY=\"from-dotenv\"\n",
+        )
         .args(&["--dotenv", "{dir}/.env"])
         .start();
     let echo = get(&gw.url("/v1/echo"), &[]).json();
@@ -72,7 +87,11 @@ fn bad_router_reference_names_the_field_path() {
         "router": {"default_backends": [{"backend": "a"}], "rules": [{"model_prefix": "gpt", "backend": "nope"}]},
     });
     let path = write_file(dir.path(), "gateway.json", &cfg.to_string());
-    let r = run_cli(&[path.to_str().expect("path"), "--listen", "127.0.0.1:0"], &[], &[]);
+    let r = run_cli(
+        &[path.to_str().expect("path"), "--listen", "127.0.0.1:0"],
+        &[],
+        &[],
+    );
     assert!(!r.status.success());
     assert!(r.stderr.contains("router.rules[0].backend"), "{}", r.stderr);
     assert!(r.stderr.contains("nope"), "{}", r.stderr);
@@ -86,8 +105,57 @@ fn yaml_config_serves_requests() {
         mock.v1()
     );
     let gw = Gateway::builder(&yaml).ext("yaml").start();
-    let r = crate::harness::post(&gw.url("/v1/chat/completions"), &crate::harness::chat("gpt-4o-mini", false), &[]);
+    let r = crate::harness::post(
+        &gw.url("/v1/chat/completions"),
+        &crate::harness::chat("gpt-4o-mini", false),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-ditto-backend"), Some("yml"));
     assert_eq!(r.json()["object"], "chat.completion");
+}
+
+#[test]
+fn upstream_flag_adds_a_backend_the_router_can_name() {
+    let mock = Mock::start();
+    let cfg = json!({"virtual_keys": [], "router": {"default_backend": "local"}}).to_string();
+    let gw = Gateway::builder(&cfg)
+        .args(&["--upstream", &format!("local={}", mock.v1())])
+        .start();
+    let r = crate::harness::post(
+        &gw.url("/v1/chat/completions"),
+        &crate::harness::chat("gpt-4o", false),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-ditto-backend"), Some("local"));
+}
+
+/// Each core logs its I/O driver, and `MONOIO_FORCE_LEGACY_DRIVER=1` (the second CI pass of
+/// this suite) really gives epoll: otherwise that pass would silently test io_uring twice.
+#[test]
+fn each_core_logs_its_io_driver_and_the_legacy_override_is_honoured() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&single("m", &mock.v1(), json!({})));
+    let t0 = std::time::Instant::now();
+    let lines = loop {
+        let log = gw.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("I/O driver"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() == 2 || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 2, "one line per core: {lines:?}");
+    let forced = std::env::var("MONOIO_FORCE_LEGACY_DRIVER").is_ok_and(|v| v == "1");
+    if forced {
+        assert!(
+            lines.iter().all(|l| l.contains("legacy (epoll)")),
+            "{lines:?}"
+        );
+    }
 }

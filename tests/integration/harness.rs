@@ -189,7 +189,9 @@ impl GatewayBuilder {
             });
         }
         let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a.parse().unwrap_or_else(|_| panic!("bad listening address {a:?}")),
+            Ok(a) => a
+                .parse()
+                .unwrap_or_else(|_| panic!("bad listening address {a:?}")),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -316,7 +318,10 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)], unset: &[&str]) -> CliRun {
         if Instant::now() >= end {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ditto-gateway {args:?} did not exit; stderr: {}", err.join().unwrap_or_default());
+            panic!(
+                "ditto-gateway {args:?} did not exit; stderr: {}",
+                err.join().unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -405,7 +410,12 @@ fn into_resp(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
     let headers = r
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = r
         .body_mut()
@@ -413,7 +423,11 @@ fn into_resp(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
         .limit(64 << 20)
         .read_to_vec()
         .expect("read body");
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// `GET url` with extra headers.
@@ -505,9 +519,16 @@ impl Response {
         assert_eq!(self.status, status, "status; body: {}", self.text());
         let v = self.json();
         assert_eq!(v["error"]["code"], code, "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
         assert!(v["error"]["type"].is_string(), "{v}");
-        let id = self.header("x-request-id").expect("x-request-id on a gateway error");
+        let id = self
+            .header("x-request-id")
+            .expect("x-request-id on a gateway error");
         assert_eq!(self.header("x-ditto-request-id"), Some(id));
         v
     }
@@ -517,7 +538,10 @@ impl Response {
 fn is_eof_like(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
     )
 }
 
@@ -534,7 +558,8 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
         s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        s.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
         s.set_nodelay(true).expect("nodelay");
         Raw {
             reader: BufReader::new(s),
@@ -546,7 +571,9 @@ impl Raw {
     }
 
     pub fn set_read_timeout(&self, t: Duration) {
-        self.stream().set_read_timeout(Some(t)).expect("read timeout");
+        self.stream()
+            .set_read_timeout(Some(t))
+            .expect("read timeout");
     }
 
     /// Write everything; panics on failure.
@@ -598,7 +625,9 @@ impl Raw {
             if line.is_empty() {
                 break;
             }
-            let (n, v) = line.split_once(':').unwrap_or_else(|| panic!("header without colon: {line:?}"));
+            let (n, v) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("header without colon: {line:?}"));
             headers.push((n.to_string(), v.trim().to_string()));
         }
         (status, headers)
@@ -697,7 +726,10 @@ impl Raw {
         self.set_read_timeout(IO_TIMEOUT);
         match r {
             Ok(0) => true,
-            Ok(n) => panic!("expected a close, got {:?}", String::from_utf8_lossy(&b[..n])),
+            Ok(n) => panic!(
+                "expected a close, got {:?}",
+                String::from_utf8_lossy(&b[..n])
+            ),
             Err(e) if is_timeout(&e) => false,
             Err(e) if is_eof_like(&e) => true,
             Err(e) => panic!("unexpected error waiting for a close: {e}"),
@@ -706,7 +738,10 @@ impl Raw {
 
     /// Assert the peer closes the connection within two seconds.
     pub fn assert_closed(&mut self) {
-        assert!(self.closes_within(Duration::from_secs(2)), "connection still open");
+        assert!(
+            self.closes_within(Duration::from_secs(2)),
+            "connection still open"
+        );
     }
 
     /// Whether a byte is waiting (within `limit`), without consuming it.

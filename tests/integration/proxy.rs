@@ -39,18 +39,32 @@ fn seed_quickstart_health_models_chat_and_stream() {
 
     let m = get(&gw.url("/v1/models"), &[]);
     assert_eq!(m.status, 200, "{}", m.text());
-    let ids: Vec<Value> = m.json()["data"].as_array().expect("data").iter().map(|x| x["id"].clone()).collect();
+    let ids: Vec<Value> = m.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|x| x["id"].clone())
+        .collect();
     assert_eq!(ids, [json!("gpt-4o-mini"), json!("gpt-4o")]);
 
-    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]});
-    let c = post(&gw.url("/v1/chat/completions"), &body, &[("content-type", "application/json")]);
+    let body =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]});
+    let c = post(
+        &gw.url("/v1/chat/completions"),
+        &body,
+        &[("content-type", "application/json")],
+    );
     assert_eq!(c.status, 200, "{}", c.text());
     let v = c.json();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "gpt-4o-mini");
     assert_eq!(c.header("x-ditto-backend"), Some("primary"));
 
-    let s = post(&gw.url("/v1/chat/completions"), &chat("gpt-4o-mini", true), &[]);
+    let s = post(
+        &gw.url("/v1/chat/completions"),
+        &chat("gpt-4o-mini", true),
+        &[],
+    );
     assert_eq!(s.status, 200);
     assert_eq!(s.header("content-type"), Some("text/event-stream"));
     let data = sse_data(&s.text());
@@ -58,24 +72,41 @@ fn seed_quickstart_health_models_chat_and_stream() {
     let content: String = data[..data.len() - 1]
         .iter()
         .map(|d| serde_json::from_str::<Value>(d).expect("chunk JSON"))
-        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string())
+        .map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
-    assert_eq!(content, v["choices"][0]["message"]["content"].as_str().expect("content"));
+    assert_eq!(
+        content,
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+    );
 }
 
 #[test]
 fn models_are_aggregated_over_backends_and_merged_by_id() {
     let a = Mock::start_with(&["--models", "only-a,shared"]);
     let b = Mock::start_with(&["--models", "shared,only-b"]);
-    let cfg = config(&[("a", &a.v1(), json!({})), ("b", &b.v1(), json!({}))], json!({}));
+    let cfg = config(
+        &[("a", &a.v1(), json!({})), ("b", &b.v1(), json!({}))],
+        json!({}),
+    );
     let gw = Gateway::start(&cfg);
     for path in ["/v1/models", "/models"] {
         let r = get(&gw.url(path), &[]);
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
         assert_eq!(v["object"], "list");
-        let mut ids: Vec<String> =
-            v["data"].as_array().expect("data").iter().map(|m| m["id"].as_str().expect("id").to_string()).collect();
+        let mut ids: Vec<String> = v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_string())
+            .collect();
         ids.sort();
         assert_eq!(ids, ["only-a", "only-b", "shared"]);
         assert!(r.header("x-request-id").is_some());
@@ -86,7 +117,10 @@ fn models_are_aggregated_over_backends_and_merged_by_id() {
 fn models_still_listed_when_one_backend_is_down() {
     let a = Mock::start_with(&["--models", "alive"]);
     let dead = format!("http://{}/v1", dead_addr());
-    let cfg = config(&[("dead", &dead, json!({})), ("a", &a.v1(), json!({}))], json!({}));
+    let cfg = config(
+        &[("dead", &dead, json!({})), ("a", &a.v1(), json!({}))],
+        json!({}),
+    );
     let gw = Gateway::start(&cfg);
     let r = get(&gw.url("/v1/models"), &[]);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -97,7 +131,10 @@ fn models_still_listed_when_one_backend_is_down() {
 fn models_502_when_every_backend_is_down() {
     let d1 = format!("http://{}/v1", dead_addr());
     let d2 = format!("http://{}/v1", dead_addr());
-    let gw = Gateway::start(&config(&[("d1", &d1, json!({})), ("d2", &d2, json!({}))], json!({})));
+    let gw = Gateway::start(&config(
+        &[("d1", &d1, json!({})), ("d2", &d2, json!({}))],
+        json!({}),
+    ));
     let mut c = gw.raw();
     c.send(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n");
     let r = c.read_response();
@@ -107,17 +144,28 @@ fn models_502_when_every_backend_is_down() {
 #[test]
 fn mode_a_backend_authorization_overrides_the_clients() {
     let mock = Mock::start();
-    let gw = Gateway::builder(&seed_mode_a(&mock.v1())).env("OPENAI_API_KEY", "sk-backend").start();
-    let echo = get(&gw.url("/v1/echo"), &[("authorization", "Bearer sk-client")]).json();
+    let gw = Gateway::builder(&seed_mode_a(&mock.v1()))
+        .env("OPENAI_API_KEY", "sk-backend")
+        .start();
+    let echo = get(
+        &gw.url("/v1/echo"),
+        &[("authorization", "Bearer sk-client")],
+    )
+    .json();
     assert_eq!(echo_header(&echo, "authorization"), ["Bearer sk-backend"]);
 }
 
 #[test]
 fn mode_b_client_authorization_is_forwarded() {
     let mock = Mock::start();
-    let cfg = seed_mode_a(&mock.v1()).replace(r#"{ "authorization": "Bearer ${OPENAI_API_KEY}" }"#, "{}");
+    let cfg =
+        seed_mode_a(&mock.v1()).replace(r#"{ "authorization": "Bearer ${OPENAI_API_KEY}" }"#, "{}");
     let gw = Gateway::start(&cfg);
-    let echo = get(&gw.url("/v1/echo"), &[("authorization", "Bearer sk-client")]).json();
+    let echo = get(
+        &gw.url("/v1/echo"),
+        &[("authorization", "Bearer sk-client")],
+    )
+    .json();
     assert_eq!(echo_header(&echo, "authorization"), ["Bearer sk-client"]);
 }
 
@@ -127,7 +175,11 @@ fn url_join_never_doubles_v1_and_appends_query_params() {
     // One backend whose base_url ends in /v1, one with a bare host.
     let cfg = config(
         &[
-            ("with-v1", &format!("{}/v1/", mock.url), json!({"query_params": {"api-version": "2024-01 01"}})),
+            (
+                "with-v1",
+                &format!("{}/v1/", mock.url),
+                json!({"query_params": {"api-version": "2024-01 01"}}),
+            ),
             ("bare", &mock.url, json!({})),
         ],
         json!({"default_backends": [{"backend": "with-v1"}],
@@ -163,10 +215,21 @@ fn hop_by_hop_and_internal_headers_are_dropped_and_host_is_the_backends() {
         .map(|h| h[0].as_str().expect("name").to_ascii_lowercase())
         .collect();
     for gone in [
-        "connection", "x-secret", "keep-alive", "te", "trailer", "upgrade", "proxy-connection",
-        "proxy-authorization", "x-ditto-debug", "x-ditto-virtual-key",
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "x-ditto-debug",
+        "x-ditto-virtual-key",
     ] {
-        assert!(!names.iter().any(|n| n == gone), "{gone} was forwarded: {names:?}");
+        assert!(
+            !names.iter().any(|n| n == gone),
+            "{gone} was forwarded: {names:?}"
+        );
     }
     assert_eq!(echo_header(&echo, "x-keep"), ["yes"]);
     assert_eq!(echo_header(&echo, "host"), [mock.addr.to_string()]);
@@ -184,7 +247,9 @@ fn client_request_id_is_reused_upstream_and_returned() {
     assert_eq!(r.header("x-ditto-request-id"), Some("client-id-42"));
     assert_eq!(r.header("x-ditto-backend"), Some("m"));
     // The mock's own id is kept under another name.
-    assert!(r.header("x-upstream-request-id").is_some_and(|v| v.starts_with("req_mock_")));
+    assert!(r
+        .header("x-upstream-request-id")
+        .is_some_and(|v| v.starts_with("req_mock_")));
     assert_eq!(echo_header(&r.json(), "x-request-id"), ["client-id-42"]);
 }
 
@@ -206,7 +271,11 @@ fn request_id_is_generated_when_absent_and_sent_upstream() {
 
 #[test]
 fn gateway_errors_are_openai_shaped_with_request_id_headers() {
-    let gw = Gateway::start(&single("m", &format!("http://{}/v1", dead_addr()), json!({})));
+    let gw = Gateway::start(&single(
+        "m",
+        &format!("http://{}/v1", dead_addr()),
+        json!({}),
+    ));
     let mut c = gw.raw();
     c.send(b"GET /nope HTTP/1.1\r\nhost: gw\r\nx-request-id: err-1\r\n\r\n");
     let r = c.read_response();
@@ -223,10 +292,18 @@ fn gateway_errors_are_openai_shaped_with_request_id_headers() {
 fn path_aliases_without_v1_are_rewritten() {
     let mock = Mock::start();
     let gw = Gateway::start(&single("m", &mock.v1(), json!({})));
-    let r = post(&gw.url("/chat/completions"), &chat("gpt-4o-mini", false), &[]);
+    let r = post(
+        &gw.url("/chat/completions"),
+        &chat("gpt-4o-mini", false),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["object"], "chat.completion");
-    let r = post(&gw.url("/embeddings"), &json!({"model": "e", "input": "hi"}), &[]);
+    let r = post(
+        &gw.url("/embeddings"),
+        &json!({"model": "e", "input": "hi"}),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["object"], "list");
     // The mock only knows /v1/...: an alias that reached it unrewritten would be a 404.
@@ -261,4 +338,47 @@ fn upstream_error_statuses_pass_through_unchanged() {
     assert_eq!(r.header("retry-after"), Some("7"));
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
     assert_eq!(r.header("x-ditto-backend"), Some("m"));
+}
+
+#[test]
+fn dot_segments_cannot_escape_the_backend_base_path() {
+    let mock = Mock::start();
+    // Mode A: the injected key must only ever reach paths under the backend's base.
+    let gw = Gateway::builder(&seed_mode_a(&mock.v1()))
+        .env("OPENAI_API_KEY", "sk-backend")
+        .start();
+    for path in [
+        "/v1/../echo",
+        "/v1/./echo",
+        "/v1/x/../../echo",
+        "/v1/%2e%2e/echo",
+        "/v1/%2E./echo",
+        "/v1/..%2fecho",
+        "/v1/..",
+        "/chat/../v1/echo",
+    ] {
+        let mut c = gw.raw();
+        c.send(format!("GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(mock.requests(), 0);
+    // Dots inside a segment are ordinary characters.
+    let r = get(&gw.url("/v1/models/gpt-4.1..x"), &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "model_not_found",
+        "the mock answered"
+    );
+}
+
+#[test]
+fn ready_reports_ready_with_backends() {
+    let mock = Mock::start();
+    let gw = Gateway::start(&single("m", &mock.v1(), json!({})));
+    let r = get(&gw.url("/ready"), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ready");
 }
