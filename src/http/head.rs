@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::limits::{MAX_HEADERS, MAX_HEAD_BYTES};
 
@@ -173,6 +173,11 @@ impl Fields {
         self.get(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
+    /// Size of the whole head in bytes.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.fields.len()
@@ -294,8 +299,27 @@ impl RequestHead {
     /// Parse a head from the front of `buf`.
     ///
     /// `Ok(None)`: incomplete, read more (unless `buf` already exceeds the limit, which is an
-    /// error). `Ok(Some((head, len)))`: the head occupies `buf[..len]`.
+    /// error). `Ok(Some((head, len)))`: the head occupies `buf[..len]`; the head keeps a copy.
     pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+        let Some((mut head, len)) = Self::parse_positions(buf)? else {
+            return Ok(None);
+        };
+        head.fields.raw = Bytes::copy_from_slice(&buf[..len]);
+        Ok(Some((head, len)))
+    }
+
+    /// Parse from the front of a read buffer and split the head off it without copying: the
+    /// head then shares the buffer's allocation, and `buf` starts at the body.
+    pub fn parse_from(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
+        let Some((mut head, len)) = Self::parse_positions(buf)? else {
+            return Ok(None);
+        };
+        head.fields.raw = buf.split_to(len).freeze();
+        Ok(Some(head))
+    }
+
+    /// Parse and validate, recording field positions; `fields.raw` is left for the caller.
+    fn parse_positions(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut slots);
         let len = match req.parse(buf) {
@@ -361,17 +385,14 @@ impl RequestHead {
             }
         }
 
-        // One copy of the head (small, bounded) so it can outlive the connection's buffer; the
-        // field positions are the same in the copy as in `buf`.
         let base = buf.as_ptr() as usize;
-        let raw = Bytes::copy_from_slice(&buf[..len]);
         let t0 = (path.as_ptr() as usize - base) as u32;
         Ok(Some((
             RequestHead {
                 method,
                 target: t0..t0 + path.len() as u32,
                 version,
-                fields: Fields::collect_from(&raw, base, headers),
+                fields: Fields::positions(base, headers),
                 framing,
                 keep_alive,
                 expect_continue,
@@ -417,6 +438,29 @@ impl ResponseHead {
         buf: &[u8],
         head_request: bool,
     ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+        let Some((mut head, len)) = Self::parse_positions(buf, head_request)? else {
+            return Ok(None);
+        };
+        head.fields.raw = Bytes::copy_from_slice(&buf[..len]);
+        Ok(Some((head, len)))
+    }
+
+    /// Like [`RequestHead::parse_from`]: split the head off the read buffer without copying.
+    pub fn parse_from(
+        buf: &mut BytesMut,
+        head_request: bool,
+    ) -> Result<Option<ResponseHead>, HeadError> {
+        let Some((mut head, len)) = Self::parse_positions(buf, head_request)? else {
+            return Ok(None);
+        };
+        head.fields.raw = buf.split_to(len).freeze();
+        Ok(Some(head))
+    }
+
+    fn parse_positions(
+        buf: &[u8],
+        head_request: bool,
+    ) -> Result<Option<(ResponseHead, usize)>, HeadError> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut slots);
         let len = match res.parse(buf) {
@@ -453,8 +497,7 @@ impl ResponseHead {
                 Version::Http11 => !connection_has(headers, b"close"),
                 Version::Http10 => connection_has(headers, b"keep-alive"),
             };
-        let raw = Bytes::copy_from_slice(&buf[..len]);
-        let fields = Fields::collect_from(&raw, buf.as_ptr() as usize, headers);
+        let fields = Fields::positions(buf.as_ptr() as usize, headers);
         let reason = res.reason.unwrap_or("");
         let r0 = (reason.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize) as u32;
         let reason = if reason.is_empty() {
@@ -483,14 +526,15 @@ impl ResponseHead {
 }
 
 impl Fields {
-    /// Fields whose slices point into a buffer starting at `base`, of which `raw` is a copy.
-    fn collect_from(raw: &Bytes, base: usize, parsed: &[httparse::Header<'_>]) -> Fields {
+    /// Positions of the parsed fields relative to `base`, the start of the head; the caller
+    /// then sets `raw` to the head's bytes (a copy, or the split-off read buffer).
+    fn positions(base: usize, parsed: &[httparse::Header<'_>]) -> Fields {
         let rel = |s: &[u8]| {
             let start = (s.as_ptr() as usize - base) as u32;
             start..start + s.len() as u32
         };
         Fields {
-            raw: raw.clone(),
+            raw: Bytes::new(),
             fields: parsed
                 .iter()
                 .map(|h| Field {

@@ -25,6 +25,11 @@ use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
 use crate::upstream::connector::connect;
 use crate::upstream::{Backend, UpConn};
 
+/// Bodies up to this size are sent in the same buffer and write as the request head.
+const COALESCE_BODY_BYTES: usize = 16 * 1024;
+/// Room for what the gateway adds to a request head (host, injected headers, request id).
+const HEAD_ESTIMATE: usize = 512;
+
 /// Room reserved for reading a response head (most heads and small bodies fit in one read).
 const RESPONSE_READ_BYTES: usize = 16 * 1024;
 
@@ -60,7 +65,7 @@ pub async fn passthrough(
     cbuf: &mut BytesMut,
     head: &RequestHead,
     upstream_path: &str,
-    request_id: String,
+    request_id: super::request_id::RequestId,
 ) -> After {
     let gw = &core.gw;
     let body = if body::should_buffer(head) {
@@ -223,18 +228,36 @@ async fn exchange(
             _ => OutFraming::None,
         },
     };
-    let mut req = BytesMut::with_capacity(1024);
+    // A small body rides in the head's buffer: one allocation and one write for both.
+    let inline = match body {
+        RequestBody::Buffered(b) if b.len() <= COALESCE_BODY_BYTES => b.len(),
+        _ => 0,
+    };
+    let mut req = BytesMut::with_capacity(HEAD_ESTIMATE + head.fields.raw_len() + inline);
     headers::upstream_request(&mut req, head, backend, upstream_path, request_id, framing);
-    let req = req.freeze();
 
     match body {
         RequestBody::Buffered(b) => {
             let head_request = head.method == Method::Head;
-            send_buffered(core, backend, req, b.clone(), head_request, Some(&*client)).await
+            let rest = if inline == b.len() {
+                req.extend_from_slice(b);
+                Bytes::new()
+            } else {
+                b.clone()
+            };
+            send_buffered(
+                core,
+                backend,
+                req.freeze(),
+                rest,
+                head_request,
+                Some(&*client),
+            )
+            .await
         }
         RequestBody::Streaming => {
             let mut conn = checkout_or_connect(core, backend).await?;
-            write_all(&mut conn.stream, req)
+            write_all(&mut conn.stream, req.freeze())
                 .await
                 .map_err(|e| ExchangeError::Failed(send_failed(backend, &e)))?;
             if let Err(e) = body::send_continue(client, head).await {
@@ -247,9 +270,15 @@ async fn exchange(
                     return Err(ExchangeError::Failed(send_failed(backend, &e)))
                 }
             }
-            read_response_head(conn, backend, head.method == Method::Head, Some(&*client))
-                .await
-                .map_err(HeadFailure::into_exchange_error)
+            read_response_head(
+                core,
+                conn,
+                backend,
+                head.method == Method::Head,
+                Some(&*client),
+            )
+            .await
+            .map_err(HeadFailure::into_exchange_error)
         }
     }
 }
@@ -270,15 +299,7 @@ pub async fn send_buffered(
     head_request: bool,
     watch: Option<&TcpStream>,
 ) -> Result<Exchange, ExchangeError> {
-    // Small bodies ride in the head's write: one syscall instead of two.
-    let (first, second) = if body.len() <= 16 * 1024 {
-        let mut b = BytesMut::with_capacity(req.len() + body.len());
-        b.extend_from_slice(&req);
-        b.extend_from_slice(&body);
-        (b.freeze(), Bytes::new())
-    } else {
-        (req, body)
-    };
+    let (first, second) = (req, body);
     let mut fresh_only = false;
     loop {
         let mut conn = if fresh_only {
@@ -301,7 +322,7 @@ pub async fn send_buffered(
             }
             return Err(ExchangeError::Failed(send_failed(backend, &e)));
         }
-        match read_response_head(conn, backend, head_request, watch).await {
+        match read_response_head(core, conn, backend, head_request, watch).await {
             Ok(ex) => return Ok(ex),
             Err(HeadFailure::Upstream(_, true)) if reused => fresh_only = true,
             Err(f) => return Err(f.into_exchange_error()),
@@ -355,24 +376,24 @@ impl HeadFailure {
 /// non-streamed completion can take minutes before its head, and the upstream request (its
 /// connection, dropped here and never pooled) and the permits must not outlive the client.
 async fn read_response_head(
+    core: &Core,
     mut conn: UpConn,
     backend: &Backend,
     head_request: bool,
     watch: Option<&TcpStream>,
 ) -> Result<Exchange, HeadFailure> {
     let deadline = monoio::time::Instant::now() + backend.timeout;
-    let mut buf = BytesMut::with_capacity(RESPONSE_READ_BYTES);
+    let mut buf = core.bufs.take(RESPONSE_READ_BYTES);
     let mut got_any = false;
     let mut client_gone = std::pin::pin!(async {
         match watch {
-            Some(client) => relay::client_closed(client).await,
+            Some(client) => relay::client_closed_after(client, relay::WATCH_CLIENT_AFTER).await,
             None => std::future::pending().await,
         }
     });
     loop {
-        match ResponseHead::parse(&buf, head_request) {
-            Ok(Some((resp, len))) => {
-                let _ = buf.split_to(len);
+        match ResponseHead::parse_from(&mut buf, head_request) {
+            Ok(Some(resp)) => {
                 if resp.status == 101 {
                     return Err(HeadFailure::Upstream(
                         GatewayError::bad_gateway(format!(

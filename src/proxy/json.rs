@@ -17,18 +17,19 @@ struct Probe<'a> {
 
 /// The request's `model` and `stream` fields, if the body is a JSON object.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RequestFacts {
-    pub model: Option<String>,
+pub struct RequestFacts<'a> {
+    /// Borrowed from the body unless it had to be unescaped.
+    pub model: Option<Cow<'a, str>>,
     pub stream: bool,
     /// The body parsed as a JSON object.
     pub is_json: bool,
 }
 
 /// Extract [`RequestFacts`] from a body; a body that is not a JSON object gives the default.
-pub fn probe(body: &[u8]) -> RequestFacts {
+pub fn probe(body: &[u8]) -> RequestFacts<'_> {
     match serde_json::from_slice::<Probe<'_>>(body) {
         Ok(p) => RequestFacts {
-            model: p.model.map(Cow::into_owned),
+            model: p.model,
             stream: p.stream.unwrap_or(false),
             is_json: true,
         },

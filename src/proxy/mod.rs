@@ -115,6 +115,8 @@ pub struct Core {
     pub pool: Pool,
     pub ids: request_id::RequestIds,
     pub shutdown: Shutdown,
+    /// Response read buffers and head scratch buffers, reused from request to request.
+    pub bufs: BufPool,
 }
 
 impl Core {
@@ -124,6 +126,36 @@ impl Core {
             gw,
             ids: request_id::RequestIds::new(core_id),
             shutdown,
+            bufs: BufPool::default(),
+        }
+    }
+}
+
+/// A per-core stack of spare `BytesMut`s, so a request does not allocate its read and head
+/// buffers. A buffer given back may still share its allocation with `Bytes` in flight; by the
+/// time it is reused those are normally gone, and `reserve` then reclaims the space in place.
+#[derive(Default)]
+pub struct BufPool {
+    spare: std::cell::RefCell<Vec<BytesMut>>,
+}
+
+/// Buffers kept per core; more are simply dropped.
+const MAX_SPARE_BUFS: usize = 64;
+
+impl BufPool {
+    /// An empty buffer with room for at least `min` bytes.
+    pub fn take(&self, min: usize) -> BytesMut {
+        let mut b = self.spare.borrow_mut().pop().unwrap_or_default();
+        b.reserve(min);
+        b
+    }
+
+    /// Return a buffer for reuse (its contents are discarded).
+    pub fn give(&self, mut b: BytesMut) {
+        b.clear();
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < MAX_SPARE_BUFS && b.capacity() > 0 {
+            spare.push(b);
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::{select, Either};
 use monoio::net::TcpStream;
 
@@ -101,9 +101,9 @@ pub async fn respond(
     let client_close_delimited = matches!(mode, Mode::ChunkedToClose(_) | Mode::CloseToClose);
     let close = !req.keep_alive || client_close_delimited || core.shutdown.is_fired();
 
-    let mut head = BytesMut::with_capacity(512 + leftover.len().min(COALESCE_BYTES));
+    let mut scratch = core.bufs.take(512 + leftover.len().min(COALESCE_BYTES));
     headers::client_response_with(
-        &mut head,
+        &mut scratch,
         &resp,
         request_id,
         &backend.name,
@@ -115,12 +115,14 @@ pub async fn respond(
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
     if let Mode::Length(n) = mode {
         if leftover.len() as u64 >= n && n as usize <= COALESCE_BYTES {
-            head.extend_from_slice(&leftover[..n as usize]);
-            let _ = leftover.split_to(n as usize);
+            scratch.extend_from_slice(&leftover[..n as usize]);
+            leftover.advance(n as usize);
             mode = Mode::Length(0);
         }
     }
-    if write_all_timeout(client, head.freeze(), CLIENT_WRITE_TIMEOUT)
+    // `split` leaves `scratch` owning the rest of the allocation, to be reused once the write
+    // has released its part.
+    if write_all_timeout(client, scratch.split().freeze(), CLIENT_WRITE_TIMEOUT)
         .await
         .is_err()
     {
@@ -133,7 +135,6 @@ pub async fn respond(
         &mut leftover,
         &mut mode,
         backend.timeout,
-        conn_fd(client),
     )
     .await;
     drop(permits);
@@ -142,6 +143,8 @@ pub async fn respond(
             if reusable && resp.keep_alive && leftover.is_empty() {
                 core.pool.checkin(backend, conn);
             }
+            core.bufs.give(leftover);
+            core.bufs.give(scratch);
             if close {
                 After::Close
             } else {
@@ -152,10 +155,6 @@ pub async fn respond(
     }
 }
 
-fn conn_fd(client: &TcpStream) -> std::os::fd::RawFd {
-    client.as_raw_fd()
-}
-
 /// Move body bytes until the framing says the body ended.
 async fn relay_body(
     client: &mut TcpStream,
@@ -163,9 +162,7 @@ async fn relay_body(
     buf: &mut BytesMut,
     mode: &mut Mode,
     gap: Duration,
-    client_fd: std::os::fd::RawFd,
 ) -> Ending {
-    let mut watch_client = true;
     loop {
         // 1. Forward what is buffered.
         let (out, done) = match take_ready(mode, buf) {
@@ -186,7 +183,7 @@ async fn relay_body(
             };
         }
         // 2. Read more from the upstream, watching for the client leaving.
-        match read_watching(up, buf, client, client_fd, &mut watch_client, gap).await {
+        match read_watching(up, buf, client, gap).await {
             Read::Data => {}
             Read::Eof => {
                 return match mode {
@@ -267,39 +264,33 @@ enum Read {
 
 /// Read from the upstream within `gap`, while noticing a client that closed its connection.
 ///
-/// The upstream read is never dropped half-way because of the client watch: `select` hands the
-/// still-pending read back and we keep awaiting the same future, so no upstream byte is lost.
+/// The watch arms only after [`WATCH_CLIENT_AFTER`] without upstream bytes: a stream whose
+/// events keep coming finds a vanished client at its next write anyway, so the common case
+/// pays for a timer, not for a readiness operation per read.
 async fn read_watching(
     up: &mut crate::upstream::UpStream,
     buf: &mut BytesMut,
     client: &TcpStream,
-    client_fd: std::os::fd::RawFd,
-    watch: &mut bool,
     gap: Duration,
 ) -> Read {
-    let read = monoio::time::timeout(gap, read_append(up, buf, BODY_READ_BYTES));
-    let mut read = std::pin::pin!(read);
-    let mut spurious = 0;
-    loop {
-        if !*watch {
-            return classify(read.await);
-        }
-        let readable = std::pin::pin!(client.readable(false));
-        match select(read.as_mut(), readable).await {
-            Either::Left((r, _)) => return classify(r),
-            Either::Right((res, _)) => match peek(client_fd) {
-                PeerState::Closed => return Read::ClientGone,
-                // A pipelined next request: leave it in the socket for the connection loop.
-                PeerState::HasData => *watch = false,
-                PeerState::Idle => {
-                    spurious += 1;
-                    if res.is_err() || spurious > 3 {
-                        *watch = false;
-                    }
-                }
-            },
-        }
+    let read = std::pin::pin!(monoio::time::timeout(
+        gap,
+        read_append(up, buf, BODY_READ_BYTES)
+    ));
+    let gone = std::pin::pin!(client_closed_after(client, WATCH_CLIENT_AFTER));
+    match select(read, gone).await {
+        Either::Left((r, _)) => classify(r),
+        Either::Right(_) => Read::ClientGone,
     }
+}
+
+/// How long an upstream read may wait before we also watch the client for a disconnect.
+pub const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(100);
+
+/// [`client_closed`], armed only after `delay`.
+pub async fn client_closed_after(client: &TcpStream, delay: Duration) {
+    monoio::time::sleep(delay).await;
+    client_closed(client).await
 }
 
 /// Resolves once `client` has closed its connection (EOF or a socket error). Never resolves

@@ -26,10 +26,10 @@ impl RequestIds {
     }
 
     /// A fresh id such as `ditto-5f0c9a1b2c3d4e5f-01-000000000001`.
-    pub fn next_id(&self) -> String {
+    pub fn next_id(&self) -> RequestId {
         let n = self.next.get().wrapping_add(1);
         self.next.set(n);
-        let mut s = String::with_capacity(40);
+        let mut s = RequestId::empty();
         let _ = write!(
             s,
             "ditto-{:016x}-{:02x}-{:012x}",
@@ -41,11 +41,67 @@ impl RequestIds {
     }
 
     /// The client's id if it is 1..=128 visible ASCII characters, else a fresh one.
-    pub fn from_client_or_new(&self, client: Option<&[u8]>) -> String {
+    pub fn from_client_or_new(&self, client: Option<&[u8]>) -> RequestId {
         match client {
-            Some(v) if is_valid_id(v) => String::from_utf8_lossy(v).into_owned(),
+            Some(v) if is_valid_id(v) => {
+                let mut id = RequestId::empty();
+                id.buf[..v.len()].copy_from_slice(v);
+                id.len = v.len() as u8;
+                id
+            }
             _ => self.next_id(),
         }
+    }
+}
+
+/// A request id held inline (no allocation per request): at most [`MAX_CLIENT_ID_LEN`]
+/// visible ASCII bytes. Derefs to `&str`.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    buf: [u8; MAX_CLIENT_ID_LEN],
+    len: u8,
+}
+
+impl RequestId {
+    fn empty() -> RequestId {
+        RequestId {
+            buf: [0; MAX_CLIENT_ID_LEN],
+            len: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only visible ASCII is ever stored (checked or generated), so this cannot fail.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for RequestId {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let start = self.len as usize;
+        let end = start + s.len();
+        if end > MAX_CLIENT_ID_LEN || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(std::fmt::Error);
+        }
+        self.buf[start..end].copy_from_slice(s.as_bytes());
+        self.len = end as u8;
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -63,11 +119,11 @@ mod tests {
         let ids = RequestIds::new(1);
         let a = ids.next_id();
         let b = ids.next_id();
-        assert_ne!(a, b);
+        assert_ne!(&*a, &*b);
         assert!(a.starts_with("ditto-"));
-        assert_eq!(ids.from_client_or_new(Some(b"abc-123")), "abc-123");
-        assert_ne!(ids.from_client_or_new(Some(b"has space")), "has space");
-        assert_ne!(ids.from_client_or_new(Some(b"")), "");
+        assert_eq!(&*ids.from_client_or_new(Some(b"abc-123")), "abc-123");
+        assert_ne!(&*ids.from_client_or_new(Some(b"has space")), "has space");
+        assert_ne!(&*ids.from_client_or_new(Some(b"")), "");
         let long = vec![b'a'; 200];
         assert_eq!(ids.from_client_or_new(Some(&long)).len(), a.len());
     }

@@ -60,11 +60,8 @@ async fn read_head(
     // From the first byte on, the whole head must arrive within the head timeout (slowloris).
     let deadline = monoio::time::Instant::now() + header_read_timeout();
     loop {
-        match RequestHead::parse(buf) {
-            Ok(Some((head, len))) => {
-                let _ = buf.split_to(len);
-                return Ok(Some(head));
-            }
+        match RequestHead::parse_from(buf) {
+            Ok(Some(head)) => return Ok(Some(head)),
             Ok(None) => {}
             Err(e) => return Err(head_error(&e)),
         }
