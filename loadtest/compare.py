@@ -87,9 +87,10 @@ class Bench:
         self.loadgen = os.path.join(ROOT, "target/release/ditto-loadgen")
         self.nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
 
-    def start(self, cmd, cpus):
+    def start(self, cmd, cpus, env=None):
         log = open(os.path.join(self.tmp, f"proc{len(self.procs)}.log"), "w")
-        p = subprocess.Popen(["taskset", "-c", cpus] + cmd, stdout=subprocess.DEVNULL, stderr=log)
+        p = subprocess.Popen(["taskset", "-c", cpus] + cmd, stdout=subprocess.DEVNULL, stderr=log,
+                             env=dict(os.environ, **(env or {})))
         self.procs.append(p)
         return p
 
@@ -157,7 +158,8 @@ http {{
                 "router": {"default_backends": [{"backend": "mock", "weight": 1.0}], "rules": []},
             }, f)
         self.gw = self.start([self.gw_bin, cfg, "--listen", f"127.0.0.1:{self.gw_port}", "--workers", str(workers),
-                              "--proxy-max-in-flight", "100000"], proxy_cpus)
+                              "--proxy-max-in-flight", "100000"], proxy_cpus,
+                             env={"MONOIO_FORCE_LEGACY_DRIVER": "1"} if self.args.gateway_legacy else None)
         wait_port(self.nginx_port)
         wait_port(self.gw_port)
         time.sleep(0.3)
@@ -245,6 +247,7 @@ def main():
     ap.add_argument("--scenarios", default="abcde")
     ap.add_argument("--sse-streams", type=int, default=1000)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--gateway-legacy", action="store_true", help="run the gateway on the epoll driver")
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
@@ -255,7 +258,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ditto-compare-")
     bench = Bench(args, tmp)
     cpu_desc = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name:[ ]*//p' | head -1"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {bench.ncpu} CPUs ({cpu_desc}); {args.rounds} rounds x {args.duration}s per target, median round shown")
+    print(f"machine: {bench.ncpu} CPUs ({cpu_desc}); {args.rounds} rounds x {args.duration}s per target, median round shown; "
+          f"gateway driver: {'legacy (epoll)' if args.gateway_legacy else 'io_uring when available'}")
     try:
         proxy_cpus, load_cpus = bench.cpus(1)
         bench.start_mock(load_cpus)
