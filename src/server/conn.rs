@@ -29,11 +29,38 @@ pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
                     CLIENT_WRITE_TIMEOUT,
                 )
                 .await;
-                return;
+                return linger(&mut client, &mut buf).await;
             }
         };
         match proxy::handle(&core, &mut client, &mut buf, head).await {
             After::KeepAlive if !core.shutdown.is_fired() => {}
+            _ => return linger(&mut client, &mut buf).await,
+        }
+    }
+}
+
+/// Longest we keep reading from a client after deciding to close its connection.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most bytes we read and discard while lingering (a body already on its way).
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Close after a response: send FIN, then read and discard what the client still sends, for a
+/// bounded time. Closing a socket with unread input makes the kernel send a reset, which can
+/// destroy the response still in flight (RFC 9112 section 9.6): an error answered before the
+/// request body was read, a pipelined request after `Connection: close`. A well-behaved
+/// client closes on our FIN, so this usually ends at once.
+async fn linger(client: &mut TcpStream, buf: &mut BytesMut) {
+    use monoio::io::AsyncWriteRent;
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = monoio::time::Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        buf.clear();
+        let left = deadline.saturating_duration_since(monoio::time::Instant::now());
+        match read_append_timeout(client, buf, READ_BUF_BYTES, left).await {
+            Ok(n) if n > 0 => discarded += n,
             _ => return,
         }
     }

@@ -246,6 +246,43 @@ fn content_length_over_the_body_limit_is_413_before_reading_it() {
     assert_eq!(mock.requests(), 1);
 }
 
+/// A client that sends its whole oversized body without waiting gets its 413 and then a clean
+/// end of stream, not a reset: the gateway lingers (reads and discards) before closing, since
+/// closing a socket with unread input sends a reset, which on many stacks destroys the
+/// response the client has not read yet (RFC 9112 section 9.6).
+#[test]
+fn refused_body_sent_anyway_gets_its_413_and_a_clean_close() {
+    use std::io::{Read, Write};
+    let mock = Mock::start();
+    let gw = small_body_gateway(&mock);
+    let body = vec![b'x'; 3 * 1024 * 1024];
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    // The answer comes at once; the body floods in while the gateway is closing.
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&body)
+        .expect("the gateway keeps reading while it lingers");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("expected a clean close after the response, got {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.contains("request_too_large"), "{text}");
+    assert_eq!(mock.requests(), 0);
+}
+
 #[test]
 fn chunked_body_over_the_limit_is_413() {
     let mock = Mock::start();
