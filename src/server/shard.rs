@@ -120,12 +120,7 @@ async fn serve(
                 let guard = ActiveGuard::new(active.clone());
                 monoio::spawn(async move {
                     let _guard = guard;
-                    // A panic must cost only this connection, not the core (monoio does not
-                    // catch panics in tasks).
-                    let r = std::panic::AssertUnwindSafe(super::conn::serve(core, stream))
-                        .catch_unwind()
-                        .await;
-                    if r.is_err() {
+                    if contained(super::conn::serve(core, stream)).await.is_err() {
                         crate::error!("core {id}: a connection task panicked; connection closed");
                     }
                 });
@@ -151,6 +146,13 @@ async fn serve(
     }
 }
 
+/// Run a connection's future so that a panic inside it ends only that future: monoio does not
+/// catch panics in tasks, and an uncaught one would take the whole core (every connection on
+/// it) down. `Err` carries the panic payload.
+pub async fn contained<F: std::future::Future<Output = ()>>(fut: F) -> std::thread::Result<()> {
+    std::panic::AssertUnwindSafe(fut).catch_unwind().await
+}
+
 /// Counts a live connection for the drain; decrements on drop, panics included.
 struct ActiveGuard(Rc<Cell<usize>>);
 
@@ -164,5 +166,34 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_connection_costs_only_itself() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        let survived = rt.block_on(async {
+            let crashed = monoio::spawn(contained(async {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                panic!("boom in a connection");
+            }));
+            let healthy = monoio::spawn(async {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                42
+            });
+            assert!(
+                crashed.await.is_err(),
+                "the panic is reported, not propagated"
+            );
+            healthy.await
+        });
+        assert_eq!(survived, 42, "other tasks on the core keep running");
     }
 }
