@@ -599,37 +599,14 @@ enum Out {
     NoBody,
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        422 => "Unprocessable Content",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Mock",
-    }
-}
-
 fn response_head(reply: &Reply, framing: Out, keep_alive: bool, version: Version) -> BytesMut {
     use std::fmt::Write as _;
     let mut h = BytesMut::with_capacity(256);
-    let _ = write!(h, "HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+    let reason = match crate::error::reason_phrase(reply.status) {
+        "" => "Mock",
+        r => r,
+    };
+    let _ = write!(h, "HTTP/1.1 {} {reason}\r\n", reply.status);
     match reply.body {
         Payload::Json(_) => h.put_slice(b"content-type: application/json\r\n"),
         Payload::Sse(_) => {
