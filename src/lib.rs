@@ -14,6 +14,7 @@
 //! - [`error`]: gateway-made, OpenAI-shaped errors.
 //! - [`mock`]: the mock upstream used by tests and load tests (a test tool, not a product part).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

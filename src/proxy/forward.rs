@@ -19,6 +19,7 @@ use super::headers::{self, OutFraming};
 use super::json::{self, RequestFacts};
 use super::relay::{self, Permits};
 use super::{body_too_large, reply_error, After, Core};
+use crate::auth::Admitted;
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::{read_append, write_all};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
@@ -66,8 +67,10 @@ pub async fn passthrough(
     head: &RequestHead,
     upstream_path: &str,
     request_id: super::request_id::RequestId,
+    admitted: Option<Admitted>,
 ) -> After {
     let gw = &core.gw;
+    let strip = admitted.as_ref().map(|a| a.carrier);
     let body = if body::should_buffer(head) {
         match body::read_whole(client, cbuf, head, gw.max_body_bytes).await {
             Ok(b) => RequestBody::Buffered(b),
@@ -119,7 +122,12 @@ pub async fn passthrough(
     let mut last_error: Option<GatewayError> = None;
     let mut saw_candidate = false;
     let mut saw_free = false;
-    for idx in gw.router.candidates(model, &request_id) {
+    // A key pinned to a backend (`route`) goes there and nowhere else.
+    let pinned = admitted.as_ref().and_then(|a| a.key.route);
+    let routed = pinned
+        .is_none()
+        .then(|| gw.router.candidates(model, &request_id));
+    for idx in pinned.into_iter().chain(routed.into_iter().flatten()) {
         saw_candidate = true;
         let backend = &gw.backends[idx];
         let backend_permit = match &backend.inflight {
@@ -138,6 +146,7 @@ pub async fn passthrough(
             backend,
             upstream_path,
             &request_id,
+            strip,
             &body,
         )
         .await;
@@ -213,6 +222,7 @@ async fn exchange(
     backend: &Backend,
     upstream_path: &str,
     request_id: &str,
+    strip: Option<&str>,
     body: &RequestBody,
 ) -> Result<Exchange, ExchangeError> {
     let framing = match body {
@@ -234,7 +244,15 @@ async fn exchange(
         _ => 0,
     };
     let mut req = BytesMut::with_capacity(HEAD_ESTIMATE + head.fields.raw_len() + inline);
-    headers::upstream_request(&mut req, head, backend, upstream_path, request_id, framing);
+    headers::upstream_request(
+        &mut req,
+        head,
+        backend,
+        upstream_path,
+        request_id,
+        strip,
+        framing,
+    );
 
     match body {
         RequestBody::Buffered(b) => {

@@ -62,6 +62,7 @@ pub fn upstream_request(
     backend: &Backend,
     path: &str,
     request_id: &str,
+    strip: Option<&str>,
     framing: OutFraming,
 ) {
     let _ = write!(out, "{} ", head.method.as_str());
@@ -76,6 +77,9 @@ pub fn upstream_request(
             || name.eq_ignore_ascii_case("x-request-id")
             || starts_with_ignore_case(name, "x-ditto-")
             || named_by_connection(connection, name)
+            // The header that carried a virtual key: the gateway's credential, never the
+            // upstream's.
+            || strip.is_some_and(|s| name.eq_ignore_ascii_case(s))
             || backend
                 .headers
                 .iter()
@@ -225,6 +229,7 @@ mod tests {
             &b,
             "/v1/chat/completions",
             "abc",
+            None,
             OutFraming::Length(2),
         );
         let s = String::from_utf8(out.to_vec()).expect("utf8");
@@ -267,6 +272,7 @@ mod tests {
             &backend(&[]),
             "/v1/models",
             "id",
+            None,
             OutFraming::None,
         );
         let s = String::from_utf8(out.to_vec()).expect("utf8");

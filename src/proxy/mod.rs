@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
+use crate::auth::KeyTable;
 use crate::config::Config;
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::write_all_timeout;
@@ -47,6 +48,8 @@ pub struct ProxyOptions {
 pub struct Gateway {
     pub backends: Vec<Backend>,
     pub router: Router,
+    /// Virtual keys; when any are configured every proxied request must present one.
+    pub keys: KeyTable,
     pub tls: Arc<rustls::ClientConfig>,
     pub inflight: InflightLimiter,
     pub max_body_bytes: usize,
@@ -95,11 +98,13 @@ impl Gateway {
             .iter()
             .map(|r| (r.model_prefix.clone(), r.exact, group(&r.backends)))
             .collect::<Vec<_>>();
+        let keys = KeyTable::build(&config.virtual_keys, |name| index_of.get(name).copied())?;
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
         Ok((
             Gateway {
                 backends,
                 router: Router::new(rules, default),
+                keys,
                 tls,
                 inflight: InflightLimiter::new(opts.max_in_flight),
                 max_body_bytes: opts.max_body_bytes,
@@ -229,7 +234,7 @@ pub async fn handle(
         return reply_error(client, &head, &request_id, e, head.framing.has_body()).await;
     }
 
-    // The gateway's own endpoints.
+    // The gateway's own open endpoints.
     match (head.method, path) {
         (Method::Get | Method::Head, "/health") => {
             return endpoints::health(core, client, &head, &request_id).await;
@@ -237,26 +242,47 @@ pub async fn handle(
         (Method::Get | Method::Head, "/ready") => {
             return endpoints::ready(core, client, &head, &request_id).await;
         }
-        (Method::Get, "/v1/models" | "/models") => {
-            if head.framing.has_body() {
+        _ => {}
+    }
+    // With virtual keys configured, nothing below reaches an upstream without a valid key.
+    let admitted = if core.gw.keys.is_enforced() {
+        match core.gw.keys.authenticate(&head.fields) {
+            Ok(a) => Some(a),
+            Err(d) => {
                 return reply_error(
                     client,
                     &head,
                     &request_id,
-                    GatewayError::bad_request("invalid_request", "GET /v1/models takes no body"),
-                    true,
+                    d.to_error(),
+                    head.framing.has_body(),
                 )
-                .await;
+                .await
             }
-            return models::list(core, client, &head, &request_id).await;
         }
-        _ => {}
+    } else {
+        None
+    };
+    if head.method == Method::Get && matches!(path, "/v1/models" | "/models") {
+        if head.framing.has_body() {
+            let e = GatewayError::bad_request("invalid_request", "GET /v1/models takes no body");
+            return reply_error(client, &head, &request_id, e, true).await;
+        }
+        return models::list(core, client, &head, &request_id, admitted.as_ref()).await;
     }
     let Some(upstream_path) = passthrough_path(path) else {
         let e = GatewayError::not_found(format!("no route for {} {}", head.method.as_str(), path));
         return reply_error(client, &head, &request_id, e, head.framing.has_body()).await;
     };
-    forward::passthrough(core, client, cbuf, &head, &upstream_path, request_id).await
+    forward::passthrough(
+        core,
+        client,
+        cbuf,
+        &head,
+        &upstream_path,
+        request_id,
+        admitted,
+    )
+    .await
 }
 
 /// Write a gateway-made error to the client that sent `head`. `close` when the connection

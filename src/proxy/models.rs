@@ -10,6 +10,7 @@ use monoio::net::TcpStream;
 use super::forward::{send_buffered, Exchange, ExchangeError};
 use super::headers::{self, OutFraming};
 use super::{reply_error, reply_json, After, Core};
+use crate::auth::Admitted;
 use crate::error::GatewayError;
 use crate::http::io::read_append;
 use crate::http::{BodyFraming, ChunkedDecoder, RequestHead};
@@ -24,8 +25,15 @@ pub async fn list(
     client: &mut TcpStream,
     head: &RequestHead,
     request_id: &str,
+    admitted: Option<&Admitted>,
 ) -> After {
-    let backends = &core.gw.backends;
+    // A key pinned to one backend sees that backend's models only.
+    let all = &core.gw.backends;
+    let backends = match admitted.and_then(|a| a.key.route) {
+        Some(i) => &all[i..=i],
+        None => &all[..],
+    };
+    let strip = admitted.map(|a| a.carrier);
     if backends.is_empty() {
         return reply_error(
             client,
@@ -36,7 +44,12 @@ pub async fn list(
         )
         .await;
     }
-    let results = join_all(backends.iter().map(|b| fetch(core, head, b, request_id))).await;
+    let results = join_all(
+        backends
+            .iter()
+            .map(|b| fetch(core, head, b, request_id, strip)),
+    )
+    .await;
     let mut seen = ahash::AHashSet::new();
     let mut data = Vec::new();
     let mut last_error = None;
@@ -71,6 +84,7 @@ async fn fetch(
     head: &RequestHead,
     backend: &Backend,
     request_id: &str,
+    strip: Option<&str>,
 ) -> Result<Vec<serde_json::Value>, String> {
     let mut req = BytesMut::with_capacity(512);
     headers::upstream_request(
@@ -79,6 +93,7 @@ async fn fetch(
         backend,
         "/v1/models",
         request_id,
+        strip,
         OutFraming::None,
     );
     let ex = match send_buffered(core, backend, req.freeze(), Bytes::new(), false, None).await {

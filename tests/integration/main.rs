@@ -9,6 +9,7 @@ mod harness;
 mod cli;
 mod codec;
 mod faults;
+mod keys;
 mod limits;
 mod pool;
 mod proxy;
