@@ -121,6 +121,7 @@ fn main() {
         max_in_flight: 1024,
         max_body_bytes: 64 << 20,
         upstream_ca_file: None,
+        workers: 1,
     };
     let (gw, _) = Gateway::build(&config, &opts).expect("gateway");
     let handle =

@@ -41,6 +41,9 @@ pub struct GatewayError {
     pub message: String,
     /// The backend involved, if any (sent as `x-ditto-backend`).
     pub backend: Option<String>,
+    /// Extra response headers (rate-limit state, `retry-after`); names are lower-case
+    /// constants, values are built by the gateway (never from client input).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl GatewayError {
@@ -56,7 +59,14 @@ impl GatewayError {
             code,
             message: message.into(),
             backend: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Add a response header.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn with_backend(mut self, backend: &str) -> Self {
@@ -119,7 +129,10 @@ impl GatewayError {
         if let Some(b) = &self.backend {
             let _ = write!(out, "x-ditto-backend: {b}\r\n");
         }
-        if self.status == 429 {
+        for (k, v) in &self.headers {
+            let _ = write!(out, "{k}: {v}\r\n");
+        }
+        if self.status == 429 && !self.headers.iter().any(|(k, _)| *k == "retry-after") {
             out.put_slice(b"retry-after: 1\r\n");
         }
         out.put_slice(connection_field.as_bytes());

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod http;
 pub mod limits;

@@ -35,6 +35,8 @@ pub struct VirtualKey {
     pub user_id: Option<String>,
     /// Backend index the key is pinned to, if any.
     pub route: Option<usize>,
+    /// Rate-limit scopes every request of this key is charged to (key, tenant, ...).
+    pub scopes: Vec<crate::control::ScopeId>,
     digest: [u8; 32],
 }
 
@@ -99,6 +101,7 @@ impl KeyTable {
     /// checked that they exist).
     pub fn build(
         keys: &[VirtualKeyConfig],
+        scopes: &[Vec<crate::control::ScopeId>],
         backend_index: impl Fn(&str) -> Option<usize>,
     ) -> Result<KeyTable, String> {
         let mut by_digest = ahash::AHashMap::with_capacity(keys.len());
@@ -120,6 +123,7 @@ impl KeyTable {
                 project_id: k.project_id.clone(),
                 user_id: k.user_id.clone(),
                 route,
+                scopes: scopes.get(i).cloned().unwrap_or_default(),
                 digest,
             });
             if by_digest.insert(digest, key).is_some() {
@@ -221,6 +225,7 @@ mod tests {
                 key("off", "sk-off", false),
                 key("h", &hashed, true),
             ],
+            &[],
             |_| None,
         )
         .expect("table")
@@ -294,10 +299,12 @@ mod tests {
 
     #[test]
     fn bad_digests_and_duplicate_tokens_are_config_errors() {
-        assert!(KeyTable::build(&[key("a", "sha256:zz", true)], |_| None).is_err());
+        assert!(KeyTable::build(&[key("a", "sha256:zz", true)], &[], |_| None).is_err());
         let dup = format!("sha256:{}", hex::encode(digest(b"sk-a")));
-        let e =
-            KeyTable::build(&[key("a", "sk-a", true), key("b", &dup, true)], |_| None).unwrap_err();
+        let e = KeyTable::build(&[key("a", "sk-a", true), key("b", &dup, true)], &[], |_| {
+            None
+        })
+        .unwrap_err();
         assert!(e.contains("virtual_keys[1].token"), "{e}");
         assert!(!e.contains("sk-a"), "errors never echo a token: {e}");
     }

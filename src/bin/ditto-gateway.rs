@@ -56,10 +56,12 @@ fn run(args: cli::Args) -> Result<(), String> {
     for flag in &args.unimplemented {
         warn!("{flag}: accepted for compatibility, not implemented yet");
     }
+    let workers = args.workers.unwrap_or_else(server::default_workers);
     let opts = ProxyOptions {
         max_in_flight: args.proxy_max_in_flight,
         max_body_bytes: args.proxy_max_body_bytes,
         upstream_ca_file: args.upstream_ca_file.clone(),
+        workers,
     };
     let (gw, warnings) = Gateway::build(&config, &opts)?;
     for w in warnings {
@@ -71,7 +73,6 @@ fn run(args: cli::Args) -> Result<(), String> {
     // Handlers go in before we listen: "listening on" tells a supervisor (or a test) that we are
     // up, and a SIGTERM sent right after it must drain, not kill the process by default action.
     let signals = install_signal_handlers()?;
-    let workers = args.workers.unwrap_or_else(server::default_workers);
     let backends = gw.backends.len();
     let handle = server::start(
         Arc::new(gw),

@@ -947,10 +947,25 @@ fn virtual_key(
     for section in KEY_SECTIONS {
         if let Some(r) = o.get(section) {
             let sp = o.at(section);
-            if !matches!(r, Raw::Map(_)) {
+            let Raw::Map(fields) = r else {
                 return Err(type_error(&sp, "an object", r));
+            };
+            if !section.ends_with("limits") {
+                w.warn(&sp, NOT_ENFORCED);
+                continue;
             }
-            w.warn(&sp, NOT_ENFORCED);
+            // Rate limits: `rpm` is enforced (a whole number, 0 blocks every request);
+            // the rest (tpm) is kept for later.
+            for (k, v) in fields {
+                let fp = format!("{sp}.{k}");
+                if k == "rpm" {
+                    if !matches!(v, Raw::Num(Num::U(n)) if *n <= u64::from(u32::MAX)) {
+                        return Err(type_error(&fp, "a whole number >= 0", v));
+                    }
+                } else {
+                    w.warn(&fp, NOT_ENFORCED);
+                }
+            }
         }
     }
 
@@ -1864,13 +1879,12 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "virtual_keys[0].limits: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].budget: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].cache: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].guardrails: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].passthrough: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].tenant_budget: accepted, not enforced yet".to_string(),
-                "virtual_keys[0].project_limits: accepted, not enforced yet".to_string(),
+                "virtual_keys[0].project_limits.tpm: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].nickname: unknown field, ignored".to_string(),
             ]
         );

@@ -106,6 +106,15 @@ pub async fn passthrough(
             .flatten()
     });
 
+    // Rate limits (rpm) of the key and its tenant/project/user, from this core's leases.
+    if let (Some(limiter), Some(a)) = (&core.rate, &admitted) {
+        if !a.key.scopes.is_empty() {
+            if let Err(e) = limiter.acquire(&a.key.scopes).await {
+                return reply_error(client, head, &request_id, e, unread_body).await;
+            }
+        }
+    }
+
     let Some(global) = gw.inflight.try_acquire() else {
         let e = GatewayError::new(
             429,

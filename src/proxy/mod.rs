@@ -24,10 +24,12 @@ use monoio::net::TcpStream;
 
 use crate::auth::KeyTable;
 use crate::config::Config;
+use crate::control::{ControlHandle, Scope, ScopeId};
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::write_all_timeout;
 use crate::http::limits::CLIENT_WRITE_TIMEOUT;
 use crate::http::{BodyFraming, Method, RequestHead};
+use crate::limits::rate::RateLimiter;
 use crate::limits::InflightLimiter;
 use crate::router::{Group, Router, Weighted};
 use crate::server::shutdown::Shutdown;
@@ -42,6 +44,8 @@ pub struct ProxyOptions {
     pub max_body_bytes: usize,
     /// `--upstream-ca-file`: extra trusted roots for HTTPS backends.
     pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// Data-plane cores (`--workers`): sizes the rate-limit leases.
+    pub workers: usize,
 }
 
 /// Everything every core shares, read-only.
@@ -50,6 +54,9 @@ pub struct Gateway {
     pub router: Router,
     /// Virtual keys; when any are configured every proxied request must present one.
     pub keys: KeyTable,
+    /// The control plane holding the rate-limit windows, when any key or scope sets `rpm`.
+    pub rate: Option<ControlHandle>,
+    pub workers: usize,
     pub tls: Arc<rustls::ClientConfig>,
     pub inflight: InflightLimiter,
     pub max_body_bytes: usize,
@@ -98,13 +105,26 @@ impl Gateway {
             .iter()
             .map(|r| (r.model_prefix.clone(), r.exact, group(&r.backends)))
             .collect::<Vec<_>>();
-        let keys = KeyTable::build(&config.virtual_keys, |name| index_of.get(name).copied())?;
+        let (scopes, key_scopes) = rate_scopes(&config.virtual_keys);
+        let keys = KeyTable::build(&config.virtual_keys, &key_scopes, |name| {
+            index_of.get(name).copied()
+        })?;
+        let rate = if scopes.is_empty() {
+            None
+        } else {
+            Some(
+                ControlHandle::start(scopes)
+                    .map_err(|e| format!("cannot start the control plane: {e}"))?,
+            )
+        };
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
         Ok((
             Gateway {
                 backends,
                 router: Router::new(rules, default),
                 keys,
+                rate,
+                workers: opts.workers.max(1),
                 tls,
                 inflight: InflightLimiter::new(opts.max_in_flight),
                 max_body_bytes: opts.max_body_bytes,
@@ -112,6 +132,67 @@ impl Gateway {
             warnings,
         ))
     }
+}
+
+/// The rate-limit scopes the keys define, and each key's scopes (by key position).
+///
+/// A key's own `limits.rpm` is its scope; `tenant_limits`, `project_limits` and `user_limits`
+/// are shared by every key with the same tenant, project or user id. When keys disagree on a
+/// shared scope's limit, the strictest wins.
+fn rate_scopes(keys: &[crate::config::VirtualKeyConfig]) -> (Vec<Scope>, Vec<Vec<ScopeId>>) {
+    // Each key's candidate scopes: (section holding the limit, scope name).
+    let owners = |k: &crate::config::VirtualKeyConfig| {
+        [
+            ("limits", Some(format!("key \"{}\"", k.id))),
+            (
+                "tenant_limits",
+                k.tenant_id.as_ref().map(|t| format!("tenant \"{t}\"")),
+            ),
+            (
+                "project_limits",
+                k.project_id.as_ref().map(|p| format!("project \"{p}\"")),
+            ),
+            (
+                "user_limits",
+                k.user_id.as_ref().map(|u| format!("user \"{u}\"")),
+            ),
+        ]
+    };
+    let rpm = |k: &crate::config::VirtualKeyConfig, section: &str| {
+        k.raw
+            .get(section)
+            .and_then(|l| l.get("rpm"))
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+    };
+    // Pass 1: every scope some key sets a limit for (the strictest limit wins).
+    let mut scopes: Vec<Scope> = Vec::new();
+    let mut ids: ahash::AHashMap<String, ScopeId> = ahash::AHashMap::new();
+    for k in keys {
+        for (section, name) in owners(k) {
+            let (Some(limit), Some(name)) = (rpm(k, section), name) else {
+                continue;
+            };
+            let sid = *ids.entry(name.clone()).or_insert_with(|| {
+                scopes.push(Scope { name, rpm: limit });
+                (scopes.len() - 1) as ScopeId
+            });
+            let s = &mut scopes[sid as usize];
+            s.rpm = s.rpm.min(limit);
+        }
+    }
+    // Pass 2: a key is charged to its own scope and to every shared scope it belongs to,
+    // whichever key declared that scope's limit.
+    let per_key = keys
+        .iter()
+        .map(|k| {
+            owners(k)
+                .into_iter()
+                .filter_map(|(_, name)| name.and_then(|n| ids.get(&n).copied()))
+                .collect()
+        })
+        .collect();
+    (scopes, per_key)
 }
 
 /// One core's state.
@@ -122,12 +203,18 @@ pub struct Core {
     pub shutdown: Shutdown,
     /// Response read buffers and head scratch buffers, reused from request to request.
     pub bufs: BufPool,
+    /// This core's rate-limit leases, when limits are configured.
+    pub rate: Option<RateLimiter>,
 }
 
 impl Core {
     pub fn new(gw: Arc<Gateway>, core_id: usize, shutdown: Shutdown) -> Core {
         Core {
             pool: Pool::new(gw.backends.len()),
+            rate: gw
+                .rate
+                .clone()
+                .map(|plane| RateLimiter::new(plane, gw.workers)),
             gw,
             ids: request_id::RequestIds::new(core_id),
             shutdown,

@@ -186,3 +186,133 @@ fn duplicate_tokens_stop_startup_without_echoing_the_token() {
     );
     assert!(!run.stderr.contains("sk-same"), "{}", run.stderr);
 }
+
+/// Rate windows are wall-clock minutes: start a counting test well inside one.
+fn wait_for_fresh_minute_if_needed() {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if secs % 60 > 50 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - secs % 60));
+    }
+}
+
+fn limited_config(mock: &Mock) -> String {
+    json!({
+        "backends": [{"name": "a", "base_url": mock.v1()}],
+        "virtual_keys": [
+            {"id": "small", "token": "sk-small", "limits": {"rpm": 3}},
+            {"id": "t1", "token": "sk-t1", "tenant_id": "acme", "tenant_limits": {"rpm": 4}},
+            {"id": "t2", "token": "sk-t2", "tenant_id": "acme"},
+            {"id": "blocked", "token": "sk-blocked", "limits": {"rpm": 0}},
+            {"id": "busy", "token": "sk-busy", "limits": {"rpm": 10}}
+        ],
+        "router": {}
+    })
+    .to_string()
+}
+
+#[test]
+fn key_rpm_limit_is_exact_and_the_429_says_which_limit() {
+    wait_for_fresh_minute_if_needed();
+    let mock = Mock::start();
+    let gw = Gateway::start(&limited_config(&mock));
+    let url = gw.url("/v1/chat/completions");
+    let auth = [("authorization", "Bearer sk-small")];
+    for i in 0..3 {
+        assert_eq!(
+            post(&url, &chat("gpt-4o", false), &auth).status,
+            200,
+            "request {i}"
+        );
+    }
+    let r = post(&url, &chat("gpt-4o", false), &auth);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("key \"small\"") && m.contains("3 requests per minute")),
+        "{v}"
+    );
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|s| s.parse().ok())
+        .expect("retry-after");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert!(r.header("x-ratelimit-reset-requests").is_some());
+    assert_eq!(mock.requests(), 3, "the refused request was not forwarded");
+    // rpm 0 blocks every request.
+    let r = post(
+        &url,
+        &chat("gpt-4o", false),
+        &[("authorization", "Bearer sk-blocked")],
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+}
+
+#[test]
+fn a_tenant_limit_is_shared_by_the_tenants_keys() {
+    wait_for_fresh_minute_if_needed();
+    let mock = Mock::start();
+    let gw = Gateway::start(&limited_config(&mock));
+    let url = gw.url("/v1/chat/completions");
+    let mut statuses = Vec::new();
+    for token in ["sk-t1", "sk-t2", "sk-t1", "sk-t2", "sk-t2", "sk-t1"] {
+        let auth = format!("Bearer {token}");
+        statuses.push(
+            post(
+                &url,
+                &chat("gpt-4o", false),
+                &[("authorization", auth.as_str())],
+            )
+            .status,
+        );
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 429, 429]);
+    let r = post(
+        &url,
+        &chat("gpt-4o", false),
+        &[("authorization", "Bearer sk-t2")],
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("tenant \"acme\"")));
+}
+
+#[test]
+fn concurrent_clients_on_every_core_never_exceed_the_limit() {
+    wait_for_fresh_minute_if_needed();
+    let mock = Mock::start();
+    let gw = Gateway::start(&limited_config(&mock));
+    let url = gw.url("/v1/chat/completions");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| {
+                        post(
+                            &url,
+                            &chat("gpt-4o", false),
+                            &[("authorization", "Bearer sk-busy")],
+                        )
+                        .status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let all: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
+    let ok = all.iter().filter(|s| **s == 200).count();
+    let limited = all.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok, 10, "32 requests over 2 cores, rpm 10: {all:?}");
+    assert_eq!(limited, 22);
+    assert_eq!(mock.requests(), 10);
+}
