@@ -127,7 +127,7 @@ fn header_rewrite(c: &mut Criterion) {
                 &be,
                 "/v1/chat/completions",
                 "ditto-0123456789abcdef-00-000000000001",
-                Some("authorization"),
+                Some(b"sk-proj-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".as_slice()),
                 OutFraming::Length(95),
             );
             out.len()

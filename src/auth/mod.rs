@@ -186,6 +186,15 @@ pub fn presented(fields: &Fields) -> Option<(&[u8], &'static str)> {
     None
 }
 
+/// True when the field `name: value` is a key header whose key is `token`.
+pub fn carries_token(name: &str, value: &[u8], token: &[u8]) -> bool {
+    if !KEY_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        return false;
+    }
+    let v = value.trim_ascii();
+    strip_bearer(v).unwrap_or(v) == token
+}
+
 fn strip_bearer(v: &[u8]) -> Option<&[u8]> {
     (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
 }

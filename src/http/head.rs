@@ -379,7 +379,9 @@ impl RequestHead {
         let mut expect_continue = false;
         for v in tokens(headers, "expect") {
             if v.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
+                // RFC 9110 10.1.1: an HTTP/1.0 client's expectation is ignored (it may take a
+                // 1xx for the final response).
+                expect_continue = version == Version::Http11;
             } else {
                 return Err(HeadError::Unsupported(417, "unsupported expectation"));
             }
@@ -478,6 +480,10 @@ impl ResponseHead {
         }
         let version = version_of(res.version)?;
         let status = res.code.ok_or(HeadError::Malformed("invalid status"))?;
+        // Three digits are not enough: we re-emit the status, so it must be a real one.
+        if !(100..=599).contains(&status) {
+            return Err(HeadError::Malformed("invalid status"));
+        }
         let headers: &[httparse::Header<'_>] = res.headers;
         let declared = declared_framing(headers)?;
         let framing =
@@ -489,7 +495,15 @@ impl ResponseHead {
                     Declared::Length(n) => BodyFraming::Length(n),
                     Declared::Chunked => BodyFraming::Chunked,
                     // RFC 9112 6.3: a final coding other than chunked means "read until close".
-                    Declared::OtherCoding | Declared::NotChunked => BodyFraming::UntilClose,
+                    Declared::NotChunked => BodyFraming::UntilClose,
+                    // Chunked on top of another coding (`gzip, chunked`): chunk-delimited, but
+                    // we would have to re-emit the inner coding; refuse rather than corrupt.
+                    Declared::OtherCoding => {
+                        return Err(HeadError::Unsupported(
+                            502,
+                            "transfer-encoding other than chunked",
+                        ))
+                    }
                 }
             };
         let keep_alive = framing != BodyFraming::UntilClose

@@ -79,6 +79,15 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Give back one request of each scope, for a request that was admitted but then not
+    /// forwarded. Returned to this core's lease (if still the same window).
+    pub fn release(&self, scopes: &[ScopeId]) {
+        let window = current_window();
+        for &s in scopes {
+            self.put_back(s, window);
+        }
+    }
+
     fn take_local(&self, scope: ScopeId, window: u64) -> bool {
         let mut leases = self.leases.borrow_mut();
         match leases.get_mut(scope as usize) {

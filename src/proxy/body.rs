@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use crate::http::chunked::{write_chunk_header, LAST_CHUNK};
-use crate::http::io::{read_append_timeout, write_all, write_all_timeout};
+use crate::http::io::{read_append_timeout, write_all_timeout};
 use crate::http::limits::{body_idle_timeout, CLIENT_WRITE_TIMEOUT};
 use crate::http::{BodyFraming, ChunkedDecoder, RequestHead};
 use crate::upstream::UpConn;
@@ -88,7 +88,8 @@ pub async fn read_whole(
             send_continue(client, head).await?;
             while cbuf.len() < n {
                 let want = n - cbuf.len();
-                read_more(client, cbuf, want).await?;
+                // Grow as bytes arrive, not by what the client declared.
+                read_more(client, cbuf, want.min(BODY_READ_CHUNK)).await?;
             }
             Ok(cbuf.split_to(n).freeze())
         }
@@ -128,6 +129,7 @@ pub async fn pump(
     head: &RequestHead,
     max: usize,
     up: &mut UpConn,
+    write_limit: std::time::Duration,
 ) -> Result<(), PumpError> {
     match head.framing {
         BodyFraming::Empty | BodyFraming::UntilClose => Ok(()),
@@ -140,7 +142,7 @@ pub async fn pump(
                 let take = left.min(cbuf.len());
                 if take > 0 {
                     let piece = cbuf.split_to(take).freeze();
-                    write_all(&mut up.stream, piece)
+                    write_all_timeout(&mut up.stream, piece, write_limit)
                         .await
                         .map_err(PumpError::Upstream)?;
                     left -= take;
@@ -171,7 +173,7 @@ pub async fn pump(
                 if p.done {
                     out.extend_from_slice(LAST_CHUNK);
                 }
-                write_all(&mut up.stream, out.freeze())
+                write_all_timeout(&mut up.stream, out.freeze(), write_limit)
                     .await
                     .map_err(PumpError::Upstream)?;
                 if p.done {

@@ -21,7 +21,7 @@ use super::relay::{self, Permits};
 use super::{body_too_large, reply_error, After, Core};
 use crate::auth::Admitted;
 use crate::error::{ErrorType, GatewayError};
-use crate::http::io::{read_append, write_all};
+use crate::http::io::{read_append, write_all_timeout};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
 use crate::upstream::connector::connect;
 use crate::upstream::{Backend, UpConn};
@@ -70,7 +70,10 @@ pub async fn passthrough(
     admitted: Option<Admitted>,
 ) -> After {
     let gw = &core.gw;
-    let strip = admitted.as_ref().map(|a| a.carrier);
+    // The presented key, to keep it out of every header sent upstream.
+    let strip = admitted
+        .as_ref()
+        .and_then(|_| crate::auth::presented(&head.fields).map(|(token, _)| token));
     let body = if body::should_buffer(head) {
         match body::read_whole(client, cbuf, head, gw.max_body_bytes).await {
             Ok(b) => RequestBody::Buffered(b),
@@ -106,15 +109,6 @@ pub async fn passthrough(
             .flatten()
     });
 
-    // Rate limits (rpm) of the key and its tenant/project/user, from this core's leases.
-    if let (Some(limiter), Some(a)) = (&core.rate, &admitted) {
-        if !a.key.scopes.is_empty() {
-            if let Err(e) = limiter.acquire(&a.key.scopes).await {
-                return reply_error(client, head, &request_id, e, unread_body).await;
-            }
-        }
-    }
-
     let Some(global) = gw.inflight.try_acquire() else {
         let e = GatewayError::new(
             429,
@@ -127,6 +121,18 @@ pub async fn passthrough(
         );
         return reply_error(client, head, &request_id, e, unread_body).await;
     };
+
+    // Rate limits (rpm) of the key and its tenant/project/user, from this core's leases. Taken
+    // after the cheap local refusals; given back below if nothing is forwarded after all.
+    let limited = match (&core.rate, &admitted) {
+        (Some(limiter), Some(a)) if !a.key.scopes.is_empty() => Some((limiter, &a.key.scopes[..])),
+        _ => None,
+    };
+    if let Some((limiter, scopes)) = limited {
+        if let Err(e) = limiter.acquire(scopes).await {
+            return reply_error(client, head, &request_id, e, unread_body).await;
+        }
+    }
 
     let mut last_error: Option<GatewayError> = None;
     let mut saw_candidate = false;
@@ -197,6 +203,10 @@ pub async fn passthrough(
         (_, _, Some(e)) => e,
         (_, _, None) => GatewayError::bad_gateway("no backend could be reached"),
     };
+    // Nothing reached an upstream: a refused request consumes no quota (REFERENCE 4).
+    if let Some((limiter, scopes)) = limited {
+        limiter.release(scopes);
+    }
     reply_error(client, head, &request_id, e, unread_body).await
 }
 
@@ -231,7 +241,7 @@ async fn exchange(
     backend: &Backend,
     upstream_path: &str,
     request_id: &str,
-    strip: Option<&str>,
+    strip: Option<&[u8]>,
     body: &RequestBody,
 ) -> Result<Exchange, ExchangeError> {
     let framing = match body {
@@ -284,13 +294,22 @@ async fn exchange(
         }
         RequestBody::Streaming => {
             let mut conn = checkout_or_connect(core, backend).await?;
-            write_all(&mut conn.stream, req.freeze())
+            write_all_timeout(&mut conn.stream, req.freeze(), backend.timeout)
                 .await
                 .map_err(|e| ExchangeError::Failed(send_failed(backend, &e)))?;
             if let Err(e) = body::send_continue(client, head).await {
                 return Err(ExchangeError::Client(e));
             }
-            match body::pump(client, cbuf, head, core.gw.max_body_bytes, &mut conn).await {
+            match body::pump(
+                client,
+                cbuf,
+                head,
+                core.gw.max_body_bytes,
+                &mut conn,
+                backend.timeout,
+            )
+            .await
+            {
                 Ok(()) => {}
                 Err(PumpError::Client(e)) => return Err(ExchangeError::Client(e)),
                 Err(PumpError::Upstream(e)) => {
@@ -338,8 +357,9 @@ pub async fn send_buffered(
         };
         let reused = conn.reused;
         let sent = async {
-            write_all(&mut conn.stream, first.clone()).await?;
-            write_all(&mut conn.stream, second.clone()).await
+            // A backend that stops reading must not hold the permits forever.
+            write_all_timeout(&mut conn.stream, first.clone(), backend.timeout).await?;
+            write_all_timeout(&mut conn.stream, second.clone(), backend.timeout).await
         }
         .await;
         if let Err(e) = sent {

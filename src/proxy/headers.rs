@@ -62,7 +62,7 @@ pub fn upstream_request(
     backend: &Backend,
     path: &str,
     request_id: &str,
-    strip: Option<&str>,
+    strip: Option<&[u8]>,
     framing: OutFraming,
 ) {
     let _ = write!(out, "{} ", head.method.as_str());
@@ -77,9 +77,9 @@ pub fn upstream_request(
             || name.eq_ignore_ascii_case("x-request-id")
             || starts_with_ignore_case(name, "x-ditto-")
             || named_by_connection(connection, name)
-            // The header that carried a virtual key: the gateway's credential, never the
-            // upstream's.
-            || strip.is_some_and(|s| name.eq_ignore_ascii_case(s))
+            // Any key header carrying the virtual key: the gateway's credential, never the
+            // upstream's (a client may send it in more than one header).
+            || strip.is_some_and(|token| crate::auth::carries_token(name, value, token))
             || backend
                 .headers
                 .iter()
@@ -98,6 +98,22 @@ pub fn upstream_request(
     let _ = write!(out, "x-request-id: {request_id}\r\n");
     write_framing(out, framing);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Write a GET request of the gateway's own to `backend` at `path`: the backend's headers and
+/// the request id, nothing from any client.
+pub fn own_request(out: &mut BytesMut, backend: &Backend, path: &str, request_id: &str) {
+    out.extend_from_slice(b"GET ");
+    backend.write_target(&mut ByteWriter(out), path, None);
+    let _ = write!(
+        out,
+        " HTTP/1.1\r\nhost: {}\r\naccept: application/json\r\n",
+        backend.authority
+    );
+    for (k, v) in &backend.headers {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    let _ = write!(out, "x-request-id: {request_id}\r\n\r\n");
 }
 
 /// Write the client response head for an upstream response, for an HTTP/1.1 client

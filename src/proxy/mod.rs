@@ -384,7 +384,12 @@ pub async fn reply_error(
     close: bool,
 ) -> After {
     let close = close || !head.keep_alive;
-    let resp = e.to_response_with(request_id, head.version.connection_field(close));
+    let mut resp = e.to_response_with(request_id, head.version.connection_field(close));
+    if head.method == Method::Head {
+        // A HEAD response has no body; its length stays as it would be for GET.
+        let body_len = e.body().len();
+        resp.truncate(resp.len() - body_len);
+    }
     let ok = write_all_timeout(client, resp, CLIENT_WRITE_TIMEOUT)
         .await
         .is_ok();
@@ -412,7 +417,8 @@ pub async fn reply_json(
         crate::error::reason_phrase(status),
         body.len()
     );
-    let close = close || !head.keep_alive;
+    // A request body we never read would be parsed as the next request: close instead.
+    let close = close || !head.keep_alive || head.framing.has_body();
     out.extend_from_slice(head.version.connection_field(close).as_bytes());
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {

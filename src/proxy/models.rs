@@ -33,7 +33,7 @@ pub async fn list(
         Some(i) => &all[i..=i],
         None => &all[..],
     };
-    let strip = admitted.map(|a| a.carrier);
+    let strip = admitted.and_then(|_| crate::auth::presented(&head.fields).map(|(token, _)| token));
     if backends.is_empty() {
         return reply_error(
             client,
@@ -47,7 +47,7 @@ pub async fn list(
     let results = join_all(
         backends
             .iter()
-            .map(|b| fetch(core, head, b, request_id, strip)),
+            .map(|b| fetch(core, head, b, request_id, strip, backends.len() > 1)),
     )
     .await;
     let mut seen = ahash::AHashSet::new();
@@ -84,18 +84,25 @@ async fn fetch(
     head: &RequestHead,
     backend: &Backend,
     request_id: &str,
-    strip: Option<&str>,
+    strip: Option<&[u8]>,
+    fan_out: bool,
 ) -> Result<Vec<serde_json::Value>, String> {
     let mut req = BytesMut::with_capacity(512);
-    headers::upstream_request(
-        &mut req,
-        head,
-        backend,
-        "/v1/models",
-        request_id,
-        strip,
-        OutFraming::None,
-    );
+    if fan_out {
+        // Asking several backends: the client's headers (its provider credential in Mode B,
+        // cookies, organisation ids) belong to at most one of them, so send none.
+        headers::own_request(&mut req, backend, "/v1/models", request_id);
+    } else {
+        headers::upstream_request(
+            &mut req,
+            head,
+            backend,
+            "/v1/models",
+            request_id,
+            strip,
+            OutFraming::None,
+        );
+    }
     let ex = match send_buffered(core, backend, req.freeze(), Bytes::new(), false, None).await {
         Ok(ex) => ex,
         Err(ExchangeError::NotSent(e) | ExchangeError::Failed(e)) => return Err(e.message),

@@ -13,10 +13,6 @@ use super::{Backend, UpConn};
 /// Idle connections kept per backend per core; past this the oldest are closed.
 pub const MAX_IDLE_PER_BACKEND: usize = 256;
 
-/// Idle time below which a pooled connection is reused without the liveness peek. Servers
-/// close keep-alive connections after seconds of idleness, not within half a second.
-pub const PEEK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// One core's idle upstream connections.
 pub struct Pool {
     idle: RefCell<Vec<Vec<UpConn>>>,
@@ -35,11 +31,11 @@ impl Pool {
         let stack = idle.get_mut(backend.index)?;
         let now = Instant::now();
         while let Some(mut conn) = stack.pop() {
-            let idle = now.duration_since(conn.idle_since);
-            // The peek is a syscall (the only one per request on io_uring); a connection that
-            // was in use moments ago is taken on trust, and if the server did close it, the
-            // caller's one retry on a fresh connection covers it.
-            if idle < backend.idle_ttl && (idle < PEEK_AFTER || conn.is_idle_and_open()) {
+            // Always peek, even on a connection used a moment ago: bytes the upstream sent after
+            // the end of its last response (a body on a HEAD or 204, a late second response)
+            // would otherwise be read as the next request's response, maybe another tenant's.
+            // The peek is the one syscall per request left on io_uring; correctness first.
+            if now.duration_since(conn.idle_since) < backend.idle_ttl && conn.is_idle_and_open() {
                 conn.reused = true;
                 return Some(conn);
             }

@@ -13,6 +13,7 @@ mod keys;
 mod limits;
 mod pool;
 mod proxy;
+mod review;
 mod routing;
 mod shutdown;
 mod streaming;
