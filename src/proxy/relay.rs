@@ -169,7 +169,7 @@ async fn relay_body(
             Ok(x) => x,
             Err(()) => return Ending::UpstreamFailed,
         };
-        for piece in out {
+        if let Some(piece) = out {
             if write_all_timeout(client, piece, CLIENT_WRITE_TIMEOUT)
                 .await
                 .is_err()
@@ -207,52 +207,44 @@ async fn relay_body(
     }
 }
 
-/// Split off what can be sent now. Returns the pieces and whether the body is complete.
-fn take_ready(mode: &mut Mode, buf: &mut BytesMut) -> Result<(Vec<Bytes>, bool), ()> {
-    let mut out = Vec::new();
-    let done = match mode {
-        Mode::Empty => true,
+/// Split off what can be sent now (one `Bytes`, no allocation on the common paths) and
+/// whether the body is complete.
+fn take_ready(mode: &mut Mode, buf: &mut BytesMut) -> Result<(Option<Bytes>, bool), ()> {
+    let nonempty = |b: Bytes| (!b.is_empty()).then_some(b);
+    Ok(match mode {
+        Mode::Empty => (None, true),
         Mode::Length(left) => {
             let take = (*left).min(buf.len() as u64) as usize;
-            if take > 0 {
-                out.push(buf.split_to(take).freeze());
-                *left -= take as u64;
-            }
-            *left == 0
+            *left -= take as u64;
+            (nonempty(buf.split_to(take).freeze()), *left == 0)
         }
         Mode::ChunkedVerbatim(dec) => {
             let p = dec.decode(buf, |_| {}).map_err(|_| ())?;
-            if p.consumed > 0 {
-                out.push(buf.split_to(p.consumed).freeze());
-            }
-            p.done
+            (nonempty(buf.split_to(p.consumed).freeze()), p.done)
         }
         Mode::ChunkedToClose(dec) => {
-            let mut ranges = Vec::new();
-            let p = dec.decode(buf, |r| ranges.push(r)).map_err(|_| ())?;
-            let consumed = buf.split_to(p.consumed).freeze();
-            out.extend(ranges.into_iter().map(|r| consumed.slice(r)));
-            p.done
+            // HTTP/1.0 clients only: the payload pieces are copied together.
+            let mut payload = BytesMut::new();
+            let p = dec
+                .decode(buf, |r| payload.extend_from_slice(&buf[r]))
+                .map_err(|_| ())?;
+            buf.advance(p.consumed);
+            (nonempty(payload.freeze()), p.done)
         }
         Mode::CloseToChunked => {
+            let mut framed = None;
             if !buf.is_empty() {
                 let data = buf.split();
-                let mut framed = BytesMut::with_capacity(data.len() + 16);
-                write_chunk_header(&mut framed, data.len());
-                framed.extend_from_slice(&data);
-                framed.extend_from_slice(b"\r\n");
-                out.push(framed.freeze());
+                let mut f = BytesMut::with_capacity(data.len() + 16);
+                write_chunk_header(&mut f, data.len());
+                f.extend_from_slice(&data);
+                f.extend_from_slice(b"\r\n");
+                framed = Some(f.freeze());
             }
-            false
+            (framed, false)
         }
-        Mode::CloseToClose => {
-            if !buf.is_empty() {
-                out.push(buf.split().freeze());
-            }
-            false
-        }
-    };
-    Ok((out, done))
+        Mode::CloseToClose => (nonempty(buf.split().freeze()), false),
+    })
 }
 
 enum Read {
@@ -333,7 +325,10 @@ mod tests {
         let mut buf = BytesMut::from(&b"5\r\nhello\r\n0\r\n\r\nEXTRA"[..]);
         let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
         assert!(done);
-        assert_eq!(out.concat(), b"5\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(
+            out.map(|b| b.to_vec()).unwrap_or_default(),
+            b"5\r\nhello\r\n0\r\n\r\n"
+        );
         assert_eq!(&buf[..], b"EXTRA");
     }
 
@@ -343,7 +338,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\n"[..]);
         let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
         assert!(!done);
-        assert_eq!(out.concat(), b"abcde");
+        assert_eq!(out.map(|b| b.to_vec()).unwrap_or_default(), b"abcde");
     }
 
     #[test]
@@ -352,7 +347,10 @@ mod tests {
         let mut buf = BytesMut::from(&b"hello"[..]);
         let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
         assert!(!done);
-        assert_eq!(out.concat(), b"5\r\nhello\r\n");
+        assert_eq!(
+            out.map(|b| b.to_vec()).unwrap_or_default(),
+            b"5\r\nhello\r\n"
+        );
     }
 
     #[test]
