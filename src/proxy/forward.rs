@@ -293,10 +293,22 @@ async fn exchange(
             .await
         }
         RequestBody::Streaming => {
+            let req = req.freeze();
             let mut conn = checkout_or_connect(core, backend).await?;
-            write_all_timeout(&mut conn.stream, req.freeze(), backend.timeout)
-                .await
-                .map_err(|e| ExchangeError::Failed(send_failed(backend, &e)))?;
+            if let Err(e) = write_all_timeout(&mut conn.stream, req.clone(), backend.timeout).await
+            {
+                // No body byte has been taken from the client yet, so a pooled connection the
+                // server closed meanwhile can still be swapped for a fresh one.
+                if !conn.reused {
+                    return Err(ExchangeError::Failed(send_failed(backend, &e)));
+                }
+                conn = connect(backend, &core.gw.tls)
+                    .await
+                    .map_err(connect_error)?;
+                write_all_timeout(&mut conn.stream, req, backend.timeout)
+                    .await
+                    .map_err(|e| ExchangeError::Failed(send_failed(backend, &e)))?;
+            }
             if let Err(e) = body::send_continue(client, head).await {
                 return Err(ExchangeError::Client(e));
             }
