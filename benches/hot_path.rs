@@ -144,7 +144,7 @@ fn header_rewrite(c: &mut Criterion) {
                 "primary",
                 OutFraming::Length(339),
                 false,
-                false,
+                "",
             );
             out.len()
         })

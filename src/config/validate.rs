@@ -22,19 +22,6 @@ const MAX_SECONDS: f64 = 1e9;
 /// The warning text for fields that parse and are kept but have no effect yet.
 const NOT_ENFORCED: &str = "accepted, not enforced yet";
 
-/// Headers that describe one connection or the message framing. The gateway sets them itself;
-/// injecting them from config would corrupt framing or keep-alive handling.
-const MANAGED_HEADERS: &[&str] = &[
-    "connection",
-    "content-length",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Spellings of the OpenAI-compatible translation provider. Such a backend still needs an
 /// upstream root, in `base_url` or `provider_config.base_url`.
 const OPENAI_COMPATIBLE: &[&str] = &["openai", "openai-compatible", "openai_compatible"];
@@ -588,7 +575,9 @@ fn backend(raw: &Raw, path: &str, w: &mut Walker) -> Result<BackendConfig, Confi
                 ));
             }
             let lower = key.to_ascii_lowercase();
-            if MANAGED_HEADERS.contains(&lower.as_str()) {
+            // Connection and framing headers are the gateway's to set; injecting them from
+            // config would corrupt framing or keep-alive handling.
+            if crate::proxy::headers::HOP_BY_HOP.contains(&lower.as_str()) {
                 return Err(ConfigError::new(
                     vp,
                     "the gateway manages this connection/framing header; it cannot be set here",

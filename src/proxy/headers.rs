@@ -13,20 +13,22 @@ use bytes::BytesMut;
 use crate::http::{RequestHead, ResponseHead};
 use crate::upstream::Backend;
 
-/// Fields that describe one connection, never forwarded (plus framing, which we recompute).
+/// Fields that describe one connection or the framing, never forwarded: we recompute them.
+/// The config refuses them as injected backend headers for the same reason.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "proxy-authenticate",
+];
+
 fn is_hop_by_hop(name: &str) -> bool {
-    const HOP: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "proxy-authenticate",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// True when the `Connection` field of `fields` lists `name` (it is then hop-by-hop too).
@@ -116,32 +118,9 @@ pub fn own_request(out: &mut BytesMut, backend: &Backend, path: &str, request_id
     let _ = write!(out, "x-request-id: {request_id}\r\n\r\n");
 }
 
-/// Write the client response head for an upstream response, for an HTTP/1.1 client
-/// (`connection: close` when `close`).
+/// Write the client response head for an upstream response. `connection_field` is the whole
+/// `Connection` line to send, or empty (see [`crate::http::Version::connection_field`]).
 pub fn client_response(
-    out: &mut BytesMut,
-    resp: &ResponseHead,
-    request_id: &str,
-    backend: &str,
-    framing: OutFraming,
-    keep_upstream_length: bool,
-    close: bool,
-) {
-    let connection_field = crate::http::Version::Http11.connection_field(close);
-    client_response_with(
-        out,
-        resp,
-        request_id,
-        backend,
-        framing,
-        keep_upstream_length,
-        connection_field,
-    );
-}
-
-/// [`client_response`] for any client: `connection_field` is the whole `Connection` line to
-/// send, or empty (see [`crate::http::Version::connection_field`]).
-pub fn client_response_with(
     out: &mut BytesMut,
     resp: &ResponseHead,
     request_id: &str,
@@ -309,7 +288,7 @@ mod tests {
             "primary",
             OutFraming::Chunked,
             false,
-            false,
+            "",
         );
         let s = String::from_utf8(out.to_vec()).expect("utf8");
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));

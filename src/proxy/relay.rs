@@ -102,7 +102,7 @@ pub async fn respond(
     let close = !req.keep_alive || client_close_delimited || core.shutdown.is_fired();
 
     let mut scratch = core.bufs.take(512 + leftover.len().min(COALESCE_BYTES));
-    headers::client_response_with(
+    headers::client_response(
         &mut scratch,
         &resp,
         request_id,
