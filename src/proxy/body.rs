@@ -114,6 +114,37 @@ pub async fn read_whole(
     }
 }
 
+/// Slowest average rate a streamed upload may keep once its grace period is over. A streamed
+/// body holds its in-flight permits while it arrives; without a floor, clients trickling a byte
+/// per idle-timeout could hold every permit of the gateway for ever.
+const MIN_UPLOAD_BYTES_PER_SEC: f64 = 1024.0;
+
+/// Tracks a streamed upload's average rate (grace: one body idle timeout).
+struct Pace {
+    started: std::time::Instant,
+    grace: std::time::Duration,
+}
+
+impl Pace {
+    fn start() -> Pace {
+        Pace {
+            started: std::time::Instant::now(),
+            grace: body_idle_timeout(),
+        }
+    }
+
+    /// `received` bytes so far: too slow after the grace period is a 408.
+    fn check(&self, received: usize) -> Result<(), PumpError> {
+        let elapsed = self.started.elapsed();
+        if elapsed > self.grace
+            && (received as f64) < elapsed.as_secs_f64() * MIN_UPLOAD_BYTES_PER_SEC
+        {
+            return Err(PumpError::Client(BodyError::Timeout));
+        }
+        Ok(())
+    }
+}
+
 /// Why pumping a body to the upstream stopped.
 #[derive(Debug)]
 pub enum PumpError {
@@ -131,6 +162,7 @@ pub async fn pump(
     up: &mut UpConn,
     write_limit: std::time::Duration,
 ) -> Result<(), PumpError> {
+    let pace = Pace::start();
     match head.framing {
         BodyFraming::Empty | BodyFraming::UntilClose => Ok(()),
         BodyFraming::Length(n) => {
@@ -153,6 +185,7 @@ pub async fn pump(
                 read_more(client, cbuf, left.min(BODY_READ_CHUNK))
                     .await
                     .map_err(PumpError::Client)?;
+                pace.check(n as usize - left + cbuf.len())?;
             }
         }
         BodyFraming::Chunked => {
@@ -182,6 +215,7 @@ pub async fn pump(
                 read_more(client, cbuf, BODY_READ_CHUNK)
                     .await
                     .map_err(PumpError::Client)?;
+                pace.check(decoder.payload_len() as usize + cbuf.len())?;
             }
         }
     }

@@ -217,3 +217,37 @@ fn bytes_an_upstream_sends_after_its_response_never_answer_the_next_request() {
         std::thread::sleep(Duration::from_millis(150));
     }
 }
+
+#[test]
+fn a_trickled_streamed_upload_cannot_hold_its_permits_for_ever() {
+    let mock = Mock::start();
+    let gw = Gateway::builder(&single("m", &mock.v1(), json!({})))
+        .env("DITTO_TEST_BODY_TIMEOUT_MS", "400")
+        .args(&["--proxy-max-in-flight", "1"])
+        .start();
+    let mut c = gw.raw();
+    c.send(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n");
+    // Each gap is under the idle timeout, but the average rate is far below the floor. The
+    // trickle goes on for 4 s: only the rate floor can answer well before it ends.
+    let mut w = c.stream().try_clone().expect("clone");
+    let t0 = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        while t0.elapsed() < Duration::from_secs(4) {
+            if w.write_all(b"0123456789").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let r = c.read_response();
+    let answered = t0.elapsed();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(
+        answered < Duration::from_millis(2500),
+        "answered after {answered:?}"
+    );
+    let _ = trickle.join();
+    // The permit is free again.
+    let r = post(&gw.url("/v1/chat/completions"), &chat("gpt-4o", false), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
