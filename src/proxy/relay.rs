@@ -128,6 +128,10 @@ pub async fn respond(
     {
         return After::Close;
     }
+    // The head shares the read buffer's allocation; letting it go now lets the relay reuse
+    // that buffer in place instead of allocating a second one per stream.
+    let upstream_keep_alive = resp.keep_alive;
+    drop(resp);
 
     let ending = relay_body(
         client,
@@ -140,7 +144,7 @@ pub async fn respond(
     drop(permits);
     match ending {
         Ending::Complete { reusable } => {
-            if reusable && resp.keep_alive && leftover.is_empty() {
+            if reusable && upstream_keep_alive && leftover.is_empty() {
                 core.pool.checkin(backend, conn);
             }
             core.bufs.give(leftover);
