@@ -106,23 +106,25 @@ fn run(rx: flume::Receiver<Msg>, limits: Vec<u32>) {
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Lease { scope, want, reply } => {
-                let window = current_window();
+                let now = current_window();
                 let grant = match (limits.get(scope as usize), used.get_mut(scope as usize)) {
                     (Some(&limit), Some(slot)) => {
-                        if slot.0 != window {
+                        let window = now;
+                        // Only forward: a clock stepped back must not hand out a second quota.
+                        if window > slot.0 {
                             *slot = (window, 0);
                         }
                         let granted = want.min(limit.saturating_sub(slot.1));
                         slot.1 += granted;
                         Grant {
                             granted,
-                            window,
+                            window: slot.0,
                             remaining: limit - slot.1,
                         }
                     }
                     _ => Grant {
                         granted: 0,
-                        window,
+                        window: now,
                         remaining: 0,
                     },
                 };
@@ -160,9 +162,10 @@ mod tests {
         block_on(async {
             let mut total = 0;
             let mut last = None;
+            let first = current_window();
             for _ in 0..10 {
                 let g = h.lease(0, 4).await.expect("grant");
-                if g.window != current_window() {
+                if g.window != first {
                     return; // the minute turned mid-test; nothing to conclude
                 }
                 total += g.granted;

@@ -10,10 +10,38 @@ use crate::error::{ErrorType, GatewayError};
 /// Largest lease a core asks for: bounds how much quota a quiet core can sit on.
 const MAX_LEASE: u32 = 64;
 
+/// Most scopes one request is charged to: its key, tenant, project and user.
+pub const MAX_SCOPES: usize = 4;
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Lease {
     window: u64,
     left: u32,
+    /// A lease request is in flight: other tasks of this core ask for one unit only, so a
+    /// burst on one core cannot pull a whole minute's quota away from the other cores.
+    pending: bool,
+    /// The plane said "out of quota" for this window: refuse locally until it ends.
+    denied: u64,
+}
+
+/// What one request was charged: (scope, window) pairs, to give back exactly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charged {
+    items: [(ScopeId, u64); MAX_SCOPES],
+    len: usize,
+}
+
+impl Charged {
+    fn push(&mut self, scope: ScopeId, window: u64) {
+        if self.len < MAX_SCOPES {
+            self.items[self.len] = (scope, window);
+            self.len += 1;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ScopeId, u64)> + '_ {
+        self.items[..self.len].iter().copied()
+    }
 }
 
 /// One core's leases, one per scope.
@@ -41,68 +69,106 @@ impl RateLimiter {
         }
     }
 
-    /// Take one request from every scope in `scopes`, or refuse naming the first scope that
-    /// is out of quota (what was taken from the others is put back).
-    pub async fn acquire(&self, scopes: &[ScopeId]) -> Result<(), GatewayError> {
-        let window = current_window();
-        for (i, &scope) in scopes.iter().enumerate() {
-            if self.take_local(scope, window) {
-                continue;
+    /// Take one request from every scope in `scopes` (at most [`MAX_SCOPES`]), or refuse
+    /// naming the first scope that is out of quota (what was taken is put back).
+    pub async fn acquire(&self, scopes: &[ScopeId]) -> Result<Charged, GatewayError> {
+        let mut charged = Charged::default();
+        for &scope in scopes.iter().take(MAX_SCOPES) {
+            // The window is read per scope: an await below may cross a minute boundary.
+            let window = current_window();
+            match self.take_local(scope, window) {
+                Local::Taken => {
+                    charged.push(scope, window);
+                    continue;
+                }
+                Local::Denied => {
+                    self.release(charged);
+                    return Err(self.denied(scope));
+                }
+                Local::Empty => {}
             }
-            let want = self.lease_size.get(scope as usize).copied().unwrap_or(1);
+            let first = self.mark_pending(scope);
+            let want = if first {
+                self.lease_size.get(scope as usize).copied().unwrap_or(1)
+            } else {
+                1
+            };
             let grant = self.plane.lease(scope, want).await;
+            if first {
+                self.clear_pending(scope);
+            }
             match grant {
                 Some(g) if g.granted > 0 => {
-                    // Another task on this core may have stored a lease meanwhile: add, do
-                    // not overwrite, or its quota would be lost.
-                    let mut leases = self.leases.borrow_mut();
-                    if let Some(l) = leases.get_mut(scope as usize) {
-                        if l.window != g.window {
-                            *l = Lease {
-                                window: g.window,
-                                left: 0,
-                            };
-                        }
-                        l.left += g.granted - 1;
-                    }
+                    self.store(scope, g.window, g.granted - 1);
+                    charged.push(scope, g.window);
                 }
                 // The plane is gone: fail open (a limit never takes the gateway down).
                 None => {}
-                Some(_) => {
-                    for &taken in &scopes[..i] {
-                        self.put_back(taken, window);
+                Some(g) => {
+                    if let Some(l) = self.leases.borrow_mut().get_mut(scope as usize) {
+                        l.denied = l.denied.max(g.window);
                     }
+                    self.release(charged);
                     return Err(self.denied(scope));
                 }
             }
         }
-        Ok(())
+        Ok(charged)
     }
 
-    /// Give back one request of each scope, for a request that was admitted but then not
-    /// forwarded. Returned to this core's lease (if still the same window).
-    pub fn release(&self, scopes: &[ScopeId]) {
-        let window = current_window();
-        for &s in scopes {
-            self.put_back(s, window);
+    /// Give back what [`RateLimiter::acquire`] charged, for a request that was not forwarded
+    /// after all. A unit goes back only into the window it was charged in.
+    pub fn release(&self, charged: Charged) {
+        let mut leases = self.leases.borrow_mut();
+        for (scope, window) in charged.iter() {
+            if let Some(l) = leases.get_mut(scope as usize) {
+                if l.window == window {
+                    l.left += 1;
+                }
+            }
         }
     }
 
-    fn take_local(&self, scope: ScopeId, window: u64) -> bool {
+    fn take_local(&self, scope: ScopeId, window: u64) -> Local {
         let mut leases = self.leases.borrow_mut();
         match leases.get_mut(scope as usize) {
             Some(l) if l.window == window && l.left > 0 => {
                 l.left -= 1;
+                Local::Taken
+            }
+            Some(l) if l.denied == window => Local::Denied,
+            _ => Local::Empty,
+        }
+    }
+
+    /// Mark a lease request in flight; false when another task already has one.
+    fn mark_pending(&self, scope: ScopeId) -> bool {
+        let mut leases = self.leases.borrow_mut();
+        match leases.get_mut(scope as usize) {
+            Some(l) if !l.pending => {
+                l.pending = true;
                 true
             }
             _ => false,
         }
     }
 
-    fn put_back(&self, scope: ScopeId, window: u64) {
+    fn clear_pending(&self, scope: ScopeId) {
         if let Some(l) = self.leases.borrow_mut().get_mut(scope as usize) {
-            if l.window == window {
-                l.left += 1;
+            l.pending = false;
+        }
+    }
+
+    /// Keep `extra` granted units of `window`. A grant for a window older than the lease's is
+    /// dropped (those units simply go unused); a newer one replaces the lease.
+    fn store(&self, scope: ScopeId, window: u64, extra: u32) {
+        if let Some(l) = self.leases.borrow_mut().get_mut(scope as usize) {
+            if window > l.window {
+                l.window = window;
+                l.left = 0;
+            }
+            if window == l.window {
+                l.left += extra;
             }
         }
     }
@@ -126,10 +192,23 @@ impl RateLimiter {
     }
 }
 
+enum Local {
+    Taken,
+    Denied,
+    Empty,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::Scope;
+
+    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+    }
 
     #[test]
     fn a_core_admits_exactly_the_limit_and_names_the_scope() {
@@ -145,17 +224,13 @@ mod tests {
         ])
         .expect("plane");
         let limiter = RateLimiter::new(plane, 2);
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        rt().block_on(async {
             let window = current_window();
             let mut ok = 0;
             let mut last_err = None;
             for _ in 0..6 {
                 match limiter.acquire(&[0, 1]).await {
-                    Ok(()) => ok += 1,
+                    Ok(_) => ok += 1,
                     Err(e) => last_err = Some(e),
                 }
             }
@@ -171,13 +246,75 @@ mod tests {
                 .iter()
                 .any(|(k, v)| *k == "x-ratelimit-limit-requests" && v == "3"));
             // The key's quota taken by refused requests was put back: 2 of its 5 remain.
-            let key_only = [
-                limiter.acquire(&[0]).await.is_ok(),
-                limiter.acquire(&[0]).await.is_ok(),
-                limiter.acquire(&[0]).await.is_ok(),
-            ];
+            let mut key_only = [false; 3];
+            for k in &mut key_only {
+                *k = limiter.acquire(&[0]).await.is_ok();
+            }
             if window == current_window() {
                 assert_eq!(key_only, [true, true, false]);
+            }
+        });
+    }
+
+    #[test]
+    fn a_burst_on_one_core_leaves_quota_for_the_others() {
+        let plane = ControlHandle::start(vec![Scope {
+            name: "s".into(),
+            rpm: 2000,
+        }])
+        .expect("plane");
+        let core_a = std::rc::Rc::new(RateLimiter::new(plane.clone(), 2));
+        let core_b = RateLimiter::new(plane, 2);
+        let mut rt = rt();
+        let window = current_window();
+        let admitted_a = rt.block_on(async {
+            // 33 requests arrive in the same tick on core A.
+            let tasks: Vec<_> = (0..33)
+                .map(|_| {
+                    let a = core_a.clone();
+                    monoio::spawn(async move { a.acquire(&[0]).await.is_ok() })
+                })
+                .collect();
+            let mut n = 0;
+            for t in tasks {
+                n += usize::from(t.await);
+            }
+            n
+        });
+        let admitted_b = rt.block_on(async {
+            let mut n = 0;
+            for _ in 0..10 {
+                n += usize::from(core_b.acquire(&[0]).await.is_ok());
+            }
+            n
+        });
+        if window == current_window() {
+            assert_eq!(admitted_a, 33);
+            assert_eq!(admitted_b, 10, "core A leased only what its burst needed");
+        }
+    }
+
+    #[test]
+    fn a_release_goes_back_only_into_its_own_window() {
+        let plane = ControlHandle::start(vec![Scope {
+            name: "s".into(),
+            rpm: 1,
+        }])
+        .expect("plane");
+        let limiter = RateLimiter::new(plane, 1);
+        rt().block_on(async {
+            let window = current_window();
+            let mut charged = limiter.acquire(&[0]).await.expect("first");
+            // Pretend it was charged in the previous minute: giving it back must not add a
+            // unit to the current minute's lease.
+            charged.items[0].1 = window - 1;
+            limiter.release(charged);
+            let second = limiter.acquire(&[0]).await;
+            if window == current_window() {
+                assert!(
+                    second.is_err(),
+                    "rpm 1: no second request in the same minute"
+                );
             }
         });
     }

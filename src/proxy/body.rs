@@ -119,26 +119,37 @@ pub async fn read_whole(
 /// per idle-timeout could hold every permit of the gateway for ever.
 const MIN_UPLOAD_BYTES_PER_SEC: f64 = 1024.0;
 
-/// Tracks a streamed upload's average rate (grace: one body idle timeout).
+/// Tracks a streamed upload's average rate over the time spent waiting for the client (time
+/// blocked writing to a slow upstream is not the client's fault). Grace: one body idle timeout.
 struct Pace {
-    started: std::time::Instant,
+    waited: std::time::Duration,
     grace: std::time::Duration,
 }
 
 impl Pace {
     fn start() -> Pace {
         Pace {
-            started: std::time::Instant::now(),
+            waited: std::time::Duration::ZERO,
             grace: body_idle_timeout(),
         }
     }
 
-    /// `received` bytes so far: too slow after the grace period is a 408.
-    fn check(&self, received: usize) -> Result<(), PumpError> {
-        let elapsed = self.started.elapsed();
-        if elapsed > self.grace
-            && (received as f64) < elapsed.as_secs_f64() * MIN_UPLOAD_BYTES_PER_SEC
-        {
+    /// Read more of the body, then check the rate: `received` counts the bytes so far
+    /// (including what this read brought, returned by `received`).
+    async fn read(
+        &mut self,
+        client: &mut TcpStream,
+        cbuf: &mut BytesMut,
+        want: usize,
+        received: impl FnOnce(&BytesMut) -> usize,
+    ) -> Result<(), PumpError> {
+        let t = std::time::Instant::now();
+        read_more(client, cbuf, want)
+            .await
+            .map_err(PumpError::Client)?;
+        self.waited += t.elapsed();
+        let got = received(cbuf) as f64;
+        if self.waited > self.grace && got < self.waited.as_secs_f64() * MIN_UPLOAD_BYTES_PER_SEC {
             return Err(PumpError::Client(BodyError::Timeout));
         }
         Ok(())
@@ -162,7 +173,7 @@ pub async fn pump(
     up: &mut UpConn,
     write_limit: std::time::Duration,
 ) -> Result<(), PumpError> {
-    let pace = Pace::start();
+    let mut pace = Pace::start();
     match head.framing {
         BodyFraming::Empty | BodyFraming::UntilClose => Ok(()),
         BodyFraming::Length(n) => {
@@ -182,10 +193,9 @@ pub async fn pump(
                 if left == 0 {
                     return Ok(());
                 }
-                read_more(client, cbuf, left.min(BODY_READ_CHUNK))
-                    .await
-                    .map_err(PumpError::Client)?;
-                pace.check(n as usize - left + cbuf.len())?;
+                let sent = n as usize - left;
+                pace.read(client, cbuf, left.min(BODY_READ_CHUNK), |b| sent + b.len())
+                    .await?;
             }
         }
         BodyFraming::Chunked => {
@@ -212,10 +222,9 @@ pub async fn pump(
                 if p.done {
                     return Ok(());
                 }
-                read_more(client, cbuf, BODY_READ_CHUNK)
-                    .await
-                    .map_err(PumpError::Client)?;
-                pace.check(decoder.payload_len() as usize + cbuf.len())?;
+                let sent = decoder.payload_len() as usize;
+                pace.read(client, cbuf, BODY_READ_CHUNK, |b| sent + b.len())
+                    .await?;
             }
         }
     }

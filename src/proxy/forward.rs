@@ -110,15 +110,7 @@ pub async fn passthrough(
     });
 
     let Some(global) = gw.inflight.try_acquire() else {
-        let e = GatewayError::new(
-            429,
-            ErrorType::RateLimit,
-            "inflight_limit",
-            format!(
-                "the gateway is at its limit of {} requests in flight",
-                gw.inflight.max()
-            ),
-        );
+        let e = super::inflight_error(gw);
         return reply_error(client, head, &request_id, e, unread_body).await;
     };
 
@@ -128,9 +120,11 @@ pub async fn passthrough(
         (Some(limiter), Some(a)) if !a.key.scopes.is_empty() => Some((limiter, &a.key.scopes[..])),
         _ => None,
     };
+    let mut charged = None;
     if let Some((limiter, scopes)) = limited {
-        if let Err(e) = limiter.acquire(scopes).await {
-            return reply_error(client, head, &request_id, e, unread_body).await;
+        match limiter.acquire(scopes).await {
+            Ok(c) => charged = Some(c),
+            Err(e) => return reply_error(client, head, &request_id, e, unread_body).await,
         }
     }
 
@@ -204,8 +198,8 @@ pub async fn passthrough(
         (_, _, None) => GatewayError::bad_gateway("no backend could be reached"),
     };
     // Nothing reached an upstream: a refused request consumes no quota (REFERENCE 4).
-    if let Some((limiter, scopes)) = limited {
-        limiter.release(scopes);
+    if let (Some((limiter, _)), Some(c)) = (limited, charged) {
+        limiter.release(c);
     }
     reply_error(client, head, &request_id, e, unread_body).await
 }

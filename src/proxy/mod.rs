@@ -354,6 +354,15 @@ pub async fn handle(
             let e = GatewayError::bad_request("invalid_request", "GET /v1/models takes no body");
             return reply_error(client, &head, &request_id, e, true).await;
         }
+        // The fan-out is a request like any other: in-flight cap and rate limits apply.
+        let Some(_permit) = core.gw.inflight.try_acquire() else {
+            return reply_error(client, &head, &request_id, inflight_error(&core.gw), false).await;
+        };
+        if let (Some(limiter), Some(a)) = (&core.rate, &admitted) {
+            if let Err(e) = limiter.acquire(&a.key.scopes).await {
+                return reply_error(client, &head, &request_id, e, false).await;
+            }
+        }
         return models::list(core, client, &head, &request_id, admitted.as_ref()).await;
     }
     let Some(upstream_path) = passthrough_path(path) else {
@@ -428,6 +437,19 @@ pub async fn reply_json(
         Ok(()) if !close => After::KeepAlive,
         _ => After::Close,
     }
+}
+
+/// The 429 for a gateway at its `--proxy-max-in-flight`.
+pub fn inflight_error(gw: &Gateway) -> GatewayError {
+    GatewayError::new(
+        429,
+        ErrorType::RateLimit,
+        "inflight_limit",
+        format!(
+            "the gateway is at its limit of {} requests in flight",
+            gw.inflight.max()
+        ),
+    )
 }
 
 /// The error for a request body over `--proxy-max-body-bytes`.

@@ -87,6 +87,11 @@ async fn fetch(
     strip: Option<&[u8]>,
     fan_out: bool,
 ) -> Result<Vec<serde_json::Value>, String> {
+    // A backend at its max_in_flight is skipped like any full candidate.
+    let _permit = match &backend.inflight {
+        Some(l) => Some(l.try_acquire().ok_or("at its max_in_flight limit")?),
+        None => None,
+    };
     let mut req = BytesMut::with_capacity(512);
     if fan_out {
         // Asking several backends: the client's headers (its provider credential in Mode B,

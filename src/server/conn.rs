@@ -2,6 +2,7 @@
 //! holds. The loop ends on close, error, timeout, or shutdown (between requests).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -34,10 +35,27 @@ pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
         };
         match proxy::handle(&core, &mut client, &mut buf, head).await {
             After::KeepAlive if !core.shutdown.is_fired() => {}
+            // Draining and nothing unread: close at once rather than wait out the linger.
+            _ if core.shutdown.is_fired()
+                && buf.is_empty()
+                && crate::net::peek(client.as_raw_fd()) == crate::net::PeerState::Idle =>
+            {
+                return
+            }
             _ => return linger(&mut client, &mut buf).await,
+        }
+        // A large request body grew this buffer; do not keep that memory for the life of a
+        // keep-alive connection (pipelined bytes are carried over).
+        if buf.capacity() > MAX_RETAINED_BUF {
+            let mut fresh = BytesMut::with_capacity(READ_BUF_BYTES.max(buf.len()));
+            fresh.extend_from_slice(&buf);
+            buf = fresh;
         }
     }
 }
+
+/// Largest read buffer a connection keeps between requests.
+const MAX_RETAINED_BUF: usize = 64 * 1024;
 
 /// Longest we keep reading from a client after deciding to close its connection.
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);

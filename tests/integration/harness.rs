@@ -106,10 +106,10 @@ impl Drop for Mock {
     }
 }
 
-/// An address nobody listens on: bind port 0, note the port, close the listener.
+/// An address nobody listens on: port 1 (tcpmux) on loopback. A port freed by a test could be
+/// taken again at once by a parallel test's listener; port 1 is never handed out for port 0.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], 1))
 }
 
 // ---------------------------------------------------------------------------------------------
