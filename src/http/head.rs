@@ -213,28 +213,29 @@ enum Declared {
 }
 
 fn declared_framing(fields: &[httparse::Header<'_>]) -> Result<Declared, HeadError> {
+    // Every element of every Content-Length field must be plain digits: an empty element
+    // (`Content-Length: ,`), a sign or a space inside is refused, never skipped, so that no
+    // Content-Length we ignore can reach a peer that reads it differently (found by fuzzing).
     let mut length: Option<u64> = None;
-    for v in tokens(fields, "content-length") {
-        if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-            return Err(HeadError::Malformed("invalid content-length"));
-        }
-        let n = std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or(HeadError::Malformed("invalid content-length"))?;
-        match length {
-            Some(prev) if prev != n => {
-                return Err(HeadError::Malformed("conflicting content-length values"))
-            }
-            _ => length = Some(n),
-        }
-    }
-    // An empty Content-Length field has no tokens but is still invalid.
-    if fields
+    for h in fields
         .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii().is_empty())
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
     {
-        return Err(HeadError::Malformed("invalid content-length"));
+        for v in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::Malformed("invalid content-length"));
+            }
+            let n = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(HeadError::Malformed("invalid content-length"))?;
+            match length {
+                Some(prev) if prev != n => {
+                    return Err(HeadError::Malformed("conflicting content-length values"))
+                }
+                _ => length = Some(n),
+            }
+        }
     }
 
     let has_te = fields
@@ -557,5 +558,66 @@ impl Fields {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(raw: &[u8]) -> Result<BodyFraming, u16> {
+        match RequestHead::parse(raw) {
+            Ok(Some((h, _))) => Ok(h.framing),
+            Ok(None) => Err(0),
+            Err(e) => Err(e.status()),
+        }
+    }
+
+    /// Found by the `request_head` fuzz target: a Content-Length of only commas was skipped,
+    /// so Transfer-Encoding framed a request that also carried a Content-Length field.
+    #[test]
+    fn regression_fuzz_content_length_of_commas_with_chunked() {
+        let crash = b"POST /@0/ HTTP/1.1\r\nHost: Host: h\r\nContent-Length:  ,,,,,,,,\r\nC:\xe03\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status_of(crash), Err(400));
+    }
+
+    #[test]
+    fn content_length_elements_must_all_be_digits() {
+        let req = |cl: &str| format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: {cl}\r\n\r\n");
+        assert_eq!(status_of(req("5").as_bytes()), Ok(BodyFraming::Length(5)));
+        assert_eq!(
+            status_of(req("5, 5").as_bytes()),
+            Ok(BodyFraming::Length(5))
+        );
+        for bad in [
+            ",",
+            "5,",
+            ",5",
+            "5,,5",
+            "+5",
+            "-1",
+            "5 5",
+            "0x5",
+            "5, 6",
+            "99999999999999999999",
+        ] {
+            assert_eq!(status_of(req(bad).as_bytes()), Err(400), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        let req =
+            |te: &str| format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {te}\r\n\r\n");
+        assert_eq!(
+            status_of(req("chunked").as_bytes()),
+            Ok(BodyFraming::Chunked)
+        );
+        assert_eq!(status_of(req("gzip, chunked").as_bytes()), Err(501));
+        assert_eq!(status_of(req("chunked, identity").as_bytes()), Err(400));
+        let both = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status_of(both), Err(400));
+        let http10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status_of(http10), Err(400));
     }
 }
