@@ -19,7 +19,7 @@ pub mod request_id;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use crate::auth::KeyTable;
@@ -28,7 +28,7 @@ use crate::control::{ControlHandle, Scope, ScopeId};
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::write_all_timeout;
 use crate::http::limits::CLIENT_WRITE_TIMEOUT;
-use crate::http::{BodyFraming, Method, RequestHead};
+use crate::http::{Method, RequestHead};
 use crate::limits::rate::RateLimiter;
 use crate::limits::InflightLimiter;
 use crate::router::{Group, Router, Weighted};
@@ -460,16 +460,6 @@ pub fn body_too_large(limit: usize) -> GatewayError {
         "request_too_large",
         format!("request body exceeds the limit of {limit} bytes"),
     )
-}
-
-/// True when a body of this framing needs reading before the connection can be reused.
-pub fn body_pending(framing: BodyFraming) -> bool {
-    framing.has_body()
-}
-
-/// Shorthand for building `Bytes` from a static string.
-pub fn bytes_static(s: &'static str) -> Bytes {
-    Bytes::from_static(s.as_bytes())
 }
 
 #[cfg(test)]

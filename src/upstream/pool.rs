@@ -64,9 +64,4 @@ impl Pool {
         conn.idle_since = now;
         stack.push(conn);
     }
-
-    /// Idle connections held for `backend` on this core.
-    pub fn idle_count(&self, backend: usize) -> usize {
-        self.idle.borrow().get(backend).map_or(0, Vec::len)
-    }
 }
