@@ -12,6 +12,9 @@
 //! Windows are fixed wall-clock minutes (`unix_seconds / 60`), the unit OpenAI's rpm headers
 //! describe; the reset time reported is the end of the current minute.
 
+pub mod keys;
+pub mod store;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Index of a rate-limit scope (a key, tenant, project or user) in the table built at startup.

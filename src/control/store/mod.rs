@@ -1,0 +1,130 @@
+//! Where the control plane keeps what must survive a restart: keys (hashed), budget ledgers,
+//! cost totals, reservations and the audit log.
+//!
+//! One interface, several engines: [`memory::MemoryStore`] (the default: nothing survives),
+//! [`sqlite::SqliteStore`] (`--sqlite PATH`, one node), and a Redis store for replicas. A store
+//! is used only from the control-plane thread, never from a data-plane core, so it may block.
+//!
+//! Writes are *absolute*: a ledger row carries the spent total, not an increment. The plane
+//! can then coalesce any number of settlements into one row per ledger and flush in batches,
+//! and a batch written twice (a retry after an error) is harmless.
+
+pub mod memory;
+#[cfg(feature = "gateway-store-sqlite")]
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::KeyRecord;
+
+/// The spent total of one budget ledger: a scope, a unit and a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    /// Scope name, e.g. `key:team-a`, `tenant:acme`.
+    pub scope: String,
+    /// `tokens` or `usd_pico` (1 USD = 1e12 pico).
+    pub unit: String,
+    /// Period index (0 for lifetime budgets; see [`super::keys::Period::index_at`]).
+    pub period: u64,
+    pub spent: u64,
+}
+
+/// Totals per key and model, for `GET /admin/costs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostRow {
+    pub key_id: String,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Cost in pico-USD (1e-12 USD), so cheap models never round to zero.
+    pub cost_pico: u64,
+}
+
+/// Quota one gateway process holds reserved on a ledger (leased to its cores or reserved by
+/// requests in flight). Rows left by a process that died are reaped at the next start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRow {
+    /// The process that holds it (a random id per start).
+    pub owner: String,
+    pub scope: String,
+    pub unit: String,
+    pub period: u64,
+    pub amount: u64,
+    /// Unix seconds of the last update.
+    pub updated_at: u64,
+}
+
+/// One admin action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    /// Unix milliseconds.
+    pub ts_ms: u64,
+    /// Who: `admin`, `read`, `tenant:<id>` (never a token).
+    pub actor: String,
+    /// What: `key.create`, `key.update`, `key.delete`, `reservations.reap`, ...
+    pub action: String,
+    /// The object acted on (a key id), if any.
+    pub target: Option<String>,
+    /// Details (never secrets).
+    pub detail: serde_json::Value,
+}
+
+/// Everything a store holds, read once at startup.
+#[derive(Debug, Default, Clone)]
+pub struct Persisted {
+    pub keys: Vec<KeyRecord>,
+    pub ledgers: Vec<LedgerRow>,
+    pub costs: Vec<CostRow>,
+    pub reservations: Vec<ReservationRow>,
+    /// The most recent audit entries, oldest first (at most the `audit_tail` asked for).
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One change; a batch of them is applied atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    PutKey(KeyRecord),
+    DeleteKey(String),
+    Ledger(LedgerRow),
+    Cost(CostRow),
+    /// Replace every reservation row of `owner` with `rows`.
+    Reservations {
+        owner: String,
+        rows: Vec<ReservationRow>,
+    },
+    /// Delete reservation rows of owners other than `keep_owner` last updated before
+    /// `before` (unix seconds).
+    ReapReservations {
+        keep_owner: String,
+        before: u64,
+    },
+    Audit(AuditEntry),
+    /// Delete audit entries older than this (unix milliseconds).
+    PruneAudit {
+        before_ts_ms: u64,
+    },
+}
+
+/// A store failure, with the context a log line or a 503 needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A storage engine for the control plane.
+pub trait Store: Send {
+    /// Short name for logs and `/ready`: `memory`, `sqlite`, `redis`.
+    fn name(&self) -> &'static str;
+    /// Read everything; `audit_tail` bounds the audit entries returned.
+    fn load(&mut self, audit_tail: usize) -> Result<Persisted, StoreError>;
+    /// Apply `batch` atomically: all of it or none.
+    fn write(&mut self, batch: &[Write]) -> Result<(), StoreError>;
+    /// Cheap liveness check for `/ready`.
+    fn ping(&mut self) -> Result<(), StoreError>;
+}
