@@ -23,6 +23,46 @@ pub const DEFAULT_PROXY_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Default time given to requests in flight at shutdown.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
 
+/// Default largest JSON response read for its `usage`: 1 MiB.
+pub const DEFAULT_USAGE_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default interval between store writes of settled usage.
+pub const DEFAULT_STORE_FLUSH_MS: u64 = 500;
+
+/// A secret given on the command line, or the name of the variable holding it (read at
+/// startup, after `--dotenv`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Value(String),
+    Env(String),
+}
+
+impl fmt::Debug for Secret {
+    // Never print a token, not even in a debug dump of the arguments.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Value(_) => f.write_str("Secret(redacted)"),
+            Secret::Env(v) => write!(f, "Secret(env {v})"),
+        }
+    }
+}
+
+impl Secret {
+    /// The secret's value; `lookup` reads variables. Errors name the flag and variable.
+    pub fn resolve(
+        &self,
+        flag: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, String> {
+        match self {
+            Secret::Value(v) => Ok(v.clone()),
+            Secret::Env(var) => match lookup(var) {
+                Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+                _ => Err(format!("{flag}: environment variable {var} is not set or empty")),
+            },
+        }
+    }
+}
+
 /// Parsed arguments for a run.
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -46,6 +86,25 @@ pub struct Args {
     pub drain_timeout_secs: u64,
     /// `--json-logs`.
     pub json_logs: bool,
+    /// `--admin-token[-env]`.
+    pub admin_token: Option<Secret>,
+    /// `--admin-read-token[-env]`.
+    pub admin_read_token: Option<Secret>,
+    /// `--admin-tenant-token[-env]` and `--admin-tenant-read-token[-env]`: (tenant, token,
+    /// may write), in order.
+    pub admin_tenant_tokens: Vec<(String, Secret, bool)>,
+    /// `--sqlite PATH`.
+    pub sqlite: Option<PathBuf>,
+    /// `--pricing-litellm PATH`.
+    pub pricing_litellm: Option<PathBuf>,
+    /// `--audit-retention-secs N`.
+    pub audit_retention_secs: Option<u64>,
+    /// `--proxy-usage-max-body-bytes N` (default 1 MiB).
+    pub proxy_usage_max_body_bytes: usize,
+    /// `--budget-fail-closed`.
+    pub budget_fail_closed: bool,
+    /// `--store-flush-ms N` (default 500).
+    pub store_flush_ms: u64,
     /// Flags of the original that we accept but do not implement yet, as given (e.g.
     /// "--sqlite"), for startup warnings. Names only (values may be secrets), each once.
     pub unimplemented: Vec<String>,
@@ -65,6 +124,15 @@ impl Args {
             upstream_ca_file: None,
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
             json_logs: false,
+            admin_token: None,
+            admin_read_token: None,
+            admin_tenant_tokens: Vec::new(),
+            sqlite: None,
+            pricing_litellm: None,
+            audit_retention_secs: None,
+            proxy_usage_max_body_bytes: DEFAULT_USAGE_MAX_BODY_BYTES,
+            budget_fail_closed: false,
+            store_flush_ms: DEFAULT_STORE_FLUSH_MS,
             unimplemented: Vec::new(),
         }
     }
@@ -162,24 +230,26 @@ const FLAGS: &[Flag] = &[
     flag("--proxy-max-body-bytes", "N", Value::Number, "largest request body accepted (default 67108864, 64 MiB)"),
     flag("--drain-timeout-secs", "SECS", Value::Number, "at shutdown, wait this long for requests in flight (default 30)"),
     flag("--json-logs", "", Value::None, "log JSON lines"),
-    later("--admin-token", "TOKEN", Value::Text, "admin API token"),
-    later("--admin-token-env", "VAR", Value::Text, "admin API token from an environment variable"),
-    later("--admin-read-token", "TOKEN", Value::Text, "read-only admin API token"),
-    later("--admin-read-token-env", "VAR", Value::Text, "read-only admin API token from an environment variable"),
-    later("--admin-tenant-token", "TENANT=TOKEN", Value::Pair, "admin token limited to one tenant (repeatable)"),
-    later("--admin-tenant-token-env", "TENANT=VAR", Value::Pair, "tenant admin token from an environment variable (repeatable)"),
-    later("--admin-tenant-read-token", "TENANT=TOKEN", Value::Pair, "read-only tenant admin token (repeatable)"),
-    later("--admin-tenant-read-token-env", "TENANT=VAR", Value::Pair, "read-only tenant admin token from an environment variable (repeatable)"),
+    flag("--admin-token", "TOKEN", Value::Text, "admin API token"),
+    flag("--admin-token-env", "VAR", Value::Text, "admin API token from an environment variable"),
+    flag("--admin-read-token", "TOKEN", Value::Text, "read-only admin API token"),
+    flag("--admin-read-token-env", "VAR", Value::Text, "read-only admin API token from an environment variable"),
+    flag("--admin-tenant-token", "TENANT=TOKEN", Value::Pair, "admin token limited to one tenant (repeatable)"),
+    flag("--admin-tenant-token-env", "TENANT=VAR", Value::Pair, "tenant admin token from an environment variable (repeatable)"),
+    flag("--admin-tenant-read-token", "TENANT=TOKEN", Value::Pair, "read-only tenant admin token (repeatable)"),
+    flag("--admin-tenant-read-token-env", "TENANT=VAR", Value::Pair, "read-only tenant admin token from an environment variable (repeatable)"),
     later("--state", "PATH", Value::Text, "keep virtual keys in a JSON state file (one store only)"),
-    later("--sqlite", "PATH", Value::Text, "SQLite store (one store only)"),
+    flag("--sqlite", "PATH", Value::Text, "SQLite store (one store only)"),
     later("--redis", "URL", Value::Text, "Redis store (one store only)"),
     later("--redis-env", "VAR", Value::Text, "Redis URL from an environment variable"),
     later("--redis-prefix", "PREFIX", Value::Text, "Redis key prefix (default ditto)"),
     later("--pg", "URL", Value::Text, "PostgreSQL store (one store only)"),
     later("--mysql", "URL", Value::Text, "MySQL store (one store only)"),
-    later("--audit-retention-secs", "SECS", Value::Number, "delete audit records older than this"),
+    flag("--audit-retention-secs", "SECS", Value::Number, "delete audit records older than this"),
+    flag("--store-flush-ms", "MS", Value::Number, "write settled usage to the store this often (default 500)"),
+    flag("--budget-fail-closed", "", Value::None, "refuse budgeted requests (503) while the store is failing"),
     later("--backend", "NAME=URL", Value::Pair, "add a non-proxy HTTP backend (repeatable)"),
-    later("--proxy-usage-max-body-bytes", "N", Value::Number, "largest response body scanned for usage"),
+    flag("--proxy-usage-max-body-bytes", "N", Value::Number, "largest response body scanned for usage"),
     later("--proxy-cache", "", Value::None, "cache upstream responses"),
     later("--proxy-cache-ttl", "SECS", Value::Number, "proxy cache entry lifetime"),
     later("--proxy-cache-max-entries", "N", Value::Number, "proxy cache size in entries"),
@@ -199,7 +269,7 @@ const FLAGS: &[Flag] = &[
     later("--proxy-health-check-path", "PATH", Value::Text, "health probe path (default /v1/models)"),
     later("--proxy-health-check-interval-secs", "SECS", Value::Number, "health probe interval (default 10)"),
     later("--proxy-health-check-timeout-secs", "SECS", Value::Number, "health probe timeout (default 2)"),
-    later("--pricing-litellm", "PATH", Value::Text, "LiteLLM price JSON for cost budgets"),
+    flag("--pricing-litellm", "PATH", Value::Text, "LiteLLM price JSON for cost budgets"),
     later("--prometheus-metrics", "", Value::None, "serve /metrics/prometheus"),
     later("--prometheus-max-key-series", "N", Value::Number, "cap on per-key metric series"),
     later("--prometheus-max-model-series", "N", Value::Number, "cap on per-model metric series"),
@@ -389,6 +459,32 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
         "--proxy-max-body-bytes" => out.proxy_max_body_bytes = count(given, &value)?,
         "--drain-timeout-secs" => out.drain_timeout_secs = number(given, &value)?,
         "--json-logs" => out.json_logs = true,
+        "--admin-token" => out.admin_token = Some(Secret::Value(value)),
+        "--admin-token-env" => out.admin_token = Some(Secret::Env(value)),
+        "--admin-read-token" => out.admin_read_token = Some(Secret::Value(value)),
+        "--admin-read-token-env" => out.admin_read_token = Some(Secret::Env(value)),
+        "--admin-tenant-token"
+        | "--admin-tenant-token-env"
+        | "--admin-tenant-read-token"
+        | "--admin-tenant-read-token-env" => {
+            let (tenant, v) = value.split_once('=').unwrap_or((&value, ""));
+            let secret = if canonical.ends_with("-env") {
+                Secret::Env(v.to_string())
+            } else {
+                Secret::Value(v.to_string())
+            };
+            let write = !canonical.contains("-read-");
+            out.admin_tenant_tokens
+                .push((tenant.to_string(), secret, write));
+        }
+        "--sqlite" => out.sqlite = Some(PathBuf::from(value)),
+        "--pricing-litellm" => out.pricing_litellm = Some(PathBuf::from(value)),
+        "--audit-retention-secs" => out.audit_retention_secs = Some(number(given, &value)?),
+        "--proxy-usage-max-body-bytes" => {
+            out.proxy_usage_max_body_bytes = count(given, &value)?
+        }
+        "--budget-fail-closed" => out.budget_fail_closed = true,
+        "--store-flush-ms" => out.store_flush_ms = count(given, &value)? as u64,
         // Every implemented flag in FLAGS has an arm above; the test
         // `every_implemented_flag_is_applied` keeps it that way.
         other => return Err(err(format!("flag {other} is not handled"))),

@@ -28,4 +28,5 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod upstream;
+pub mod pricing;
 pub mod usage;

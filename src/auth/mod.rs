@@ -12,7 +12,6 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::VirtualKeyConfig;
 use crate::error::{ErrorType, GatewayError};
 use crate::http::head::Fields;
 
@@ -35,9 +34,12 @@ pub struct VirtualKey {
     pub user_id: Option<String>,
     /// Backend index the key is pinned to, if any.
     pub route: Option<usize>,
-    /// Rate-limit scopes every request of this key is charged to (key, tenant, ...).
-    pub scopes: Vec<crate::control::ScopeId>,
-    digest: [u8; 32],
+    /// Scopes with a limit or budget that every request of this key is charged to: its own,
+    /// then its tenant's, project's and user's.
+    pub scopes: Vec<Arc<crate::control::ScopeInfo>>,
+    /// Sections read by other parts (guardrails, cache, ...), as stored.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub digest: [u8; 32],
 }
 
 /// Every virtual key, by token digest.
@@ -83,53 +85,14 @@ pub fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
 }
 
-/// The digest a config token stands for: `sha256:<64 hex>` as given, anything else hashed.
-fn config_digest(token: &str) -> Result<[u8; 32], String> {
-    match token.strip_prefix("sha256:") {
-        Some(h) => {
-            let mut d = [0u8; 32];
-            hex::decode_to_slice(h, &mut d)
-                .map_err(|e| format!("invalid sha256 token digest: {e}"))?;
-            Ok(d)
-        }
-        None => Ok(digest(token.as_bytes())),
-    }
-}
-
 impl KeyTable {
-    /// Build from config; `backend_index` resolves `route` names (the config layer has already
-    /// checked that they exist).
-    pub fn build(
-        keys: &[VirtualKeyConfig],
-        scopes: &[Vec<crate::control::ScopeId>],
-        backend_index: impl Fn(&str) -> Option<usize>,
-    ) -> Result<KeyTable, String> {
-        let mut by_digest = ahash::AHashMap::with_capacity(keys.len());
-        for (i, k) in keys.iter().enumerate() {
-            let digest =
-                config_digest(&k.token).map_err(|e| format!("virtual_keys[{i}].token: {e}"))?;
-            let route = match &k.route {
-                Some(name) => Some(backend_index(name).ok_or_else(|| {
-                    format!(
-                        "virtual_keys[{i}].route: backend \"{name}\" is not a passthrough backend"
-                    )
-                })?),
-                None => None,
-            };
-            let key = Arc::new(VirtualKey {
-                id: k.id.clone(),
-                enabled: k.enabled,
-                tenant_id: k.tenant_id.clone(),
-                project_id: k.project_id.clone(),
-                user_id: k.user_id.clone(),
-                route,
-                scopes: scopes.get(i).cloned().unwrap_or_default(),
-                digest,
-            });
-            if by_digest.insert(digest, key).is_some() {
-                return Err(format!(
-                    "virtual_keys[{i}].token: the same token as another key"
-                ));
+    /// Build from keys; two keys with the same token are an error naming the second.
+    pub fn from_keys(keys: impl IntoIterator<Item = Arc<VirtualKey>>) -> Result<KeyTable, String> {
+        let mut by_digest = ahash::AHashMap::new();
+        for key in keys {
+            let id = key.id.clone();
+            if by_digest.insert(key.digest, key).is_some() {
+                return Err(format!("key \"{id}\": the same token as another key"));
             }
         }
         Ok(KeyTable { by_digest })
@@ -204,17 +167,19 @@ mod tests {
     use super::*;
     use crate::http::RequestHead;
 
-    fn key(id: &str, token: &str, enabled: bool) -> VirtualKeyConfig {
-        VirtualKeyConfig {
+    fn key(id: &str, token: &str, enabled: bool) -> Arc<VirtualKey> {
+        let hash = crate::control::keys::token_hash(token).expect("hash");
+        Arc::new(VirtualKey {
             id: id.into(),
-            token: token.into(),
             enabled,
             tenant_id: Some("t".into()),
             project_id: None,
             user_id: None,
             route: None,
-            raw: serde_json::Value::Null,
-        }
+            scopes: Vec::new(),
+            extra: Default::default(),
+            digest: crate::control::keys::hash_bytes(&hash).expect("digest"),
+        })
     }
 
     fn fields(headers: &str) -> Fields {
@@ -228,15 +193,11 @@ mod tests {
 
     fn table() -> KeyTable {
         let hashed = format!("sha256:{}", hex::encode(digest(b"sk-hashed")));
-        KeyTable::build(
-            &[
-                key("a", "sk-a", true),
-                key("off", "sk-off", false),
-                key("h", &hashed, true),
-            ],
-            &[],
-            |_| None,
-        )
+        KeyTable::from_keys([
+            key("a", "sk-a", true),
+            key("off", "sk-off", false),
+            key("h", &hashed, true),
+        ])
         .expect("table")
     }
 
@@ -307,14 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn bad_digests_and_duplicate_tokens_are_config_errors() {
-        assert!(KeyTable::build(&[key("a", "sha256:zz", true)], &[], |_| None).is_err());
+    fn duplicate_tokens_are_refused_without_echoing_them() {
         let dup = format!("sha256:{}", hex::encode(digest(b"sk-a")));
-        let e = KeyTable::build(&[key("a", "sk-a", true), key("b", &dup, true)], &[], |_| {
-            None
-        })
-        .unwrap_err();
-        assert!(e.contains("virtual_keys[1].token"), "{e}");
+        let e = KeyTable::from_keys([key("a", "sk-a", true), key("b", &dup, true)]).unwrap_err();
+        assert!(e.contains("key \"b\""), "{e}");
         assert!(!e.contains("sk-a"), "errors never echo a token: {e}");
     }
 }

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use ditto_gateway::cli::{self, Command};
 use ditto_gateway::config::{env, Config};
+#[cfg(feature = "gateway-store-sqlite")]
+use ditto_gateway::control::store::sqlite::SqliteStore;
+use ditto_gateway::control::store::{memory::MemoryStore, Store};
+use ditto_gateway::pricing::Pricing;
+use ditto_gateway::proxy::admin::AdminTokens;
 use ditto_gateway::proxy::{Gateway, ProxyOptions};
 use ditto_gateway::{error, info, server, upstream, warn};
 
@@ -57,13 +62,23 @@ fn run(args: cli::Args) -> Result<(), String> {
         warn!("{flag}: accepted for compatibility, not implemented yet");
     }
     let workers = args.workers.unwrap_or_else(server::default_workers);
-    let opts = ProxyOptions {
-        max_in_flight: args.proxy_max_in_flight,
-        max_body_bytes: args.proxy_max_body_bytes,
-        upstream_ca_file: args.upstream_ca_file.clone(),
+    let mut opts = ProxyOptions::new(
+        args.proxy_max_in_flight,
+        args.proxy_max_body_bytes,
         workers,
-    };
-    let (gw, warnings) = Gateway::build(&config, &opts)?;
+    );
+    opts.upstream_ca_file = args.upstream_ca_file.clone();
+    opts.admin = admin_tokens(&args, &lookup)?;
+    if let Some(p) = &args.pricing_litellm {
+        opts.pricing = Pricing::load(p)?;
+        info!("pricing: {} model(s) from {}", opts.pricing.len(), p.display());
+    }
+    opts.flush_interval = Duration::from_millis(args.store_flush_ms.max(1));
+    opts.audit_retention = args.audit_retention_secs.map(Duration::from_secs);
+    opts.usage_max_body_bytes = args.proxy_usage_max_body_bytes;
+    opts.budget_fail_closed = args.budget_fail_closed;
+    let store = open_store(&args)?;
+    let (gw, warnings) = Gateway::build(&config, &opts, store)?;
     for w in warnings {
         warn!("{w}");
     }
@@ -74,6 +89,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     // up, and a SIGTERM sent right after it must drain, not kill the process by default action.
     let signals = install_signal_handlers()?;
     let backends = gw.backends.len();
+    let control = gw.control.clone();
     let handle = server::start(
         Arc::new(gw),
         &args.listen,
@@ -91,8 +107,50 @@ fn run(args: cli::Args) -> Result<(), String> {
         args.drain_timeout_secs
     );
     handle.join();
+    // The cores have reported everything they settled; write it before exiting.
+    control.flush();
     info!("stopped");
     Ok(())
+}
+
+/// The store of `--sqlite`, else memory.
+fn open_store(args: &cli::Args) -> Result<Box<dyn Store>, String> {
+    match &args.sqlite {
+        #[cfg(feature = "gateway-store-sqlite")]
+        Some(path) => {
+            let s = SqliteStore::open(path).map_err(|e| format!("--sqlite: {e}"))?;
+            info!("store: sqlite {}", path.display());
+            Ok(Box::new(s))
+        }
+        #[cfg(not(feature = "gateway-store-sqlite"))]
+        Some(_) => Err("--sqlite needs the gateway-store-sqlite feature".to_string()),
+        None => Ok(Box::new(MemoryStore::new())),
+    }
+}
+
+/// Resolve the admin token flags (values or environment variables).
+fn admin_tokens(
+    args: &cli::Args,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<AdminTokens, String> {
+    let admin = match &args.admin_token {
+        Some(s) => Some(s.resolve("--admin-token", lookup)?),
+        None => None,
+    };
+    let read = match &args.admin_read_token {
+        Some(s) => Some(s.resolve("--admin-read-token", lookup)?),
+        None => None,
+    };
+    let mut tenants = Vec::new();
+    for (tenant, secret, write) in &args.admin_tenant_tokens {
+        let flag = if *write {
+            "--admin-tenant-token"
+        } else {
+            "--admin-tenant-read-token"
+        };
+        tenants.push((tenant.clone(), secret.resolve(flag, lookup)?, *write));
+    }
+    Ok(AdminTokens::new(admin.as_deref(), read.as_deref(), &tenants))
 }
 
 /// Catch SIGTERM and SIGINT from now on (delivered through [`wait_for_signal`]).

@@ -1,222 +1,331 @@
-//! The control plane: one thread that owns the shared, mutable state of the gateway, reached
-//! from the data-plane cores only by message (DESIGN.md point 6). No core ever takes a lock.
+//! The control plane: one thread that owns the gateway's shared, mutable state (keys, limit
+//! windows, budget ledgers, cost totals, the audit log and the store), reached from the
+//! data-plane cores only by message (DESIGN.md point 6). No core ever takes a lock.
 //!
-//! Today it owns the requests-per-minute windows of every rate-limit scope and hands out
-//! *leases*: a core asks for a few requests' worth of quota, spends them locally without any
-//! message, and asks again when they run out. The plane never grants more than a scope's limit
-//! in a window, so a limit is never exceeded, whatever the number of cores; the price is that
-//! quota leased to a core that then goes quiet is not usable by the others until the window
-//! ends (at most `(cores - 1) x lease` requests under the limit). Leases are sized so that a
-//! small limit gets leases of one request, which makes it exact.
+//! - Cores read the key table as an immutable [`Snapshot`]; a change (admin API) builds a new
+//!   one, persists it, publishes it, and only then answers, so every core sees it on its next
+//!   request.
+//! - Quota is spent from per-core *leases* ([`crate::limits::quota`]): a core asks the plane for
+//!   what one request needs plus a share of what is left, spends it with no message, and
+//!   reports settled usage in batches. See [`meter`] for the accounting and its bounds.
+//! - The plane writes to the store in batches every flush interval (and synchronously for
+//!   admin changes); see [`store`].
 //!
-//! Windows are fixed wall-clock minutes (`unix_seconds / 60`), the unit OpenAI's rpm headers
-//! describe; the reset time reported is the end of the current minute.
+//! Windows are fixed wall-clock minutes for rpm/tpm (`unix_seconds / 60`), the unit OpenAI's
+//! rate-limit headers describe, and budget periods (lifetime, UTC day, UTC month) for budgets.
 
+pub mod admin;
 pub mod keys;
+pub mod meter;
+mod plane;
 pub mod store;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Index of a rate-limit scope (a key, tenant, project or user) in the table built at startup.
+use arc_swap::ArcSwap;
+
+use self::keys::{Budget, KeyRecord, Limits};
+use self::meter::{Grant, Kind, MeterId};
+use self::store::Store;
+use crate::auth::KeyTable;
+
+/// Index of a limit/budget scope (a key, tenant, project or user). Stable for the life of the
+/// process: a scope removed and added again gets its old id back.
 pub type ScopeId = u32;
 
-/// A scope and its limit.
-#[derive(Debug, Clone)]
-pub struct Scope {
-    /// Human name for errors, e.g. `key "team-a"` or `tenant "acme"`.
+/// One scope and its policy, as the data plane sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeInfo {
+    pub id: ScopeId,
+    /// For errors: `key "team-a"`, `tenant "acme"`.
     pub name: String,
-    /// Requests per minute; 0 blocks every request.
-    pub rpm: u32,
+    /// For ledgers and the admin API: `key:team-a`, `tenant:acme`.
+    pub ledger: String,
+    pub limits: Limits,
+    pub budget: Budget,
 }
 
-/// The plane's answer to a lease request.
+impl ScopeInfo {
+    /// The limit of a meter kind, in its unit (`None`: no such limit).
+    pub fn limit(&self, kind: Kind) -> Option<u64> {
+        match kind {
+            Kind::Rpm => self.limits.rpm,
+            Kind::Tpm => self.limits.tpm,
+            Kind::Tokens => self.budget.total_tokens,
+            Kind::Usd => self
+                .budget
+                .total_usd_micros
+                .map(|m| m.saturating_mul(1_000_000)),
+        }
+    }
+
+    /// The window a meter kind is in at `unix_secs`.
+    pub fn window(&self, kind: Kind, unix_secs: u64) -> u64 {
+        match kind {
+            Kind::Rpm | Kind::Tpm => unix_secs / 60,
+            Kind::Tokens | Kind::Usd => self.budget.period.index_at(unix_secs),
+        }
+    }
+
+    /// Seconds until the window of `kind` ends (`None`: never, a lifetime budget).
+    pub fn reset_in(&self, kind: Kind, unix_secs: u64) -> Option<u64> {
+        match kind {
+            Kind::Rpm | Kind::Tpm => Some(60 - unix_secs % 60),
+            Kind::Tokens | Kind::Usd => {
+                let p = self.budget.period;
+                p.end_of(p.index_at(unix_secs))
+                    .map(|end| end.saturating_sub(unix_secs).max(1))
+            }
+        }
+    }
+}
+
+/// What the data plane reads: the key table at one version.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub version: u64,
+    pub keys: KeyTable,
+}
+
+/// Settled usage of one request on one meter, reported by a core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grant {
-    /// Requests granted (0: the scope is out of quota for this window).
-    pub granted: u32,
-    /// The window (unix minute) the grant is valid for.
+pub struct Settlement {
+    pub meter: MeterId,
     pub window: u64,
-    /// What is left for the scope in this window after this grant.
-    pub remaining: u32,
+    /// Units actually used.
+    pub spent: u64,
+    /// Units of the core's lease that use consumed.
+    pub released: u64,
+}
+
+/// Per key and model usage totals reported by a core (increments).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub key_id: String,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_pico: u64,
+}
+
+/// Who is calling the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    /// Read-only admin token.
+    Read,
+    /// A tenant token: only keys of that tenant; `write` unless a read-only tenant token.
+    Tenant { tenant: String, write: bool },
+}
+
+impl Role {
+    pub fn can_write(&self) -> bool {
+        matches!(self, Role::Admin | Role::Tenant { write: true, .. })
+    }
+
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Role::Tenant { tenant, .. } => Some(tenant),
+            _ => None,
+        }
+    }
+
+    /// For the audit log (never a token).
+    pub fn actor(&self) -> String {
+        match self {
+            Role::Admin => "admin".into(),
+            Role::Read => "read".into(),
+            Role::Tenant { tenant, .. } => format!("tenant:{tenant}"),
+        }
+    }
+}
+
+/// An admin API call, already authenticated; the plane routes it.
+#[derive(Debug, Clone)]
+pub struct AdminRequest {
+    pub method: String,
+    /// `/admin/keys/x` or `/key/generate`.
+    pub path: String,
+    /// The query string, without `?`.
+    pub query: String,
+    pub body: Option<serde_json::Value>,
+    pub role: Role,
+}
+
+/// The plane's answer: a status and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminReply {
+    pub status: u16,
+    pub body: serde_json::Value,
 }
 
 enum Msg {
     Lease {
-        scope: ScopeId,
-        want: u32,
+        meter: MeterId,
+        need: u64,
+        extra: bool,
         reply: flume::Sender<Grant>,
     },
+    Settle(Vec<Settlement>, Vec<UsageDelta>),
+    GiveBack(Vec<(MeterId, u64, u64)>),
+    Admin(Box<AdminRequest>, flume::Sender<AdminReply>),
+    /// Write everything pending now, then answer (shutdown).
+    Flush(flume::Sender<()>),
+}
+
+/// State the plane publishes for the cores to read without a message.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    version: AtomicU64,
+    /// Bumped to ask every core to give back its unused leases (reaping, key changes).
+    recall: AtomicU64,
+    store_ok: AtomicBool,
+    store_name: &'static str,
+}
+
+/// Settings of the plane.
+#[derive(Debug, Clone)]
+pub struct PlaneOptions {
+    /// Data-plane cores (sizes leases).
+    pub cores: usize,
+    /// How often settled usage is written to the store (the most a `kill -9` can lose).
+    pub flush_interval: Duration,
+    /// Audit entries older than this are pruned (`--audit-retention-secs`); `None` keeps all.
+    pub audit_retention: Option<Duration>,
+    /// Backend names a key's `route` may name (passthrough backends).
+    pub backends: Vec<String>,
 }
 
 /// A cheap, `Send` handle to the control plane.
 #[derive(Clone)]
 pub struct ControlHandle {
     tx: flume::Sender<Msg>,
-    scopes: std::sync::Arc<Vec<Scope>>,
+    shared: Arc<Shared>,
 }
 
-/// The current window: the unix minute.
-pub fn current_window() -> u64 {
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 60)
+        .map_or(0, |d| d.as_secs())
 }
 
-/// Seconds until the current window ends (at least 1).
-pub fn seconds_to_reset() -> u64 {
-    let now = SystemTime::now()
+/// Unix milliseconds now.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    60 - now % 60
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ControlHandle {
-    /// Start the control-plane thread for `scopes`.
-    pub fn start(scopes: Vec<Scope>) -> std::io::Result<ControlHandle> {
+    /// Load the store, merge the config's keys, publish the first snapshot and start the
+    /// plane's thread. Fails (naming the cause) when the store cannot be read or a stored
+    /// key is invalid.
+    pub fn start(
+        opts: PlaneOptions,
+        store: Box<dyn Store>,
+        config_keys: Vec<KeyRecord>,
+    ) -> Result<(ControlHandle, Vec<String>), String> {
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            version: AtomicU64::new(0),
+            recall: AtomicU64::new(0),
+            store_ok: AtomicBool::new(true),
+            store_name: store.name(),
+        });
+        let (mut plane, notes) = plane::Plane::load(opts, store, config_keys, shared.clone())?;
         let (tx, rx) = flume::unbounded::<Msg>();
-        let limits: Vec<u32> = scopes.iter().map(|s| s.rpm).collect();
+        // The thread ends by itself when the last handle is dropped.
         std::thread::Builder::new()
             .name("ditto-control".into())
-            .spawn(move || run(rx, limits))?;
-        Ok(ControlHandle {
-            tx,
-            scopes: std::sync::Arc::new(scopes),
-        })
+            .spawn(move || plane.run(rx))
+            .map_err(|e| format!("cannot start the control plane: {e}"))?;
+        Ok((ControlHandle { tx, shared }, notes))
     }
 
-    /// The scope table.
-    pub fn scope(&self, id: ScopeId) -> Option<&Scope> {
-        self.scopes.get(id as usize)
+    /// The current snapshot (an `Arc` clone: keep it per core, see [`Self::version`]).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
     }
 
-    /// Number of scopes.
-    pub fn scope_count(&self) -> usize {
-        self.scopes.len()
+    /// The version of the current snapshot: a core compares it with its own copy's and
+    /// reloads only when it moved.
+    pub fn version(&self) -> u64 {
+        self.shared.version.load(Ordering::Acquire)
     }
 
-    /// Ask for up to `want` requests of `scope`'s quota in the current window. `None` when the
-    /// plane is gone (the caller decides whether that fails open or closed).
-    pub async fn lease(&self, scope: ScopeId, want: u32) -> Option<Grant> {
+    /// Bumped when cores should give back their unused leases.
+    pub fn recall_epoch(&self) -> u64 {
+        self.shared.recall.load(Ordering::Acquire)
+    }
+
+    /// False while the store refuses writes.
+    pub fn store_ok(&self) -> bool {
+        self.shared.store_ok.load(Ordering::Acquire)
+    }
+
+    pub fn store_name(&self) -> &'static str {
+        self.shared.store_name
+    }
+
+    /// Ask for at least `need` units of a meter, plus a lease share when `extra`. `None` when
+    /// the plane is gone (the caller decides whether that fails open or closed).
+    pub async fn lease(&self, meter: MeterId, need: u64, extra: bool) -> Option<Grant> {
         let (reply, rx) = flume::bounded(1);
-        self.tx.send(Msg::Lease { scope, want, reply }).ok()?;
+        self.tx
+            .send(Msg::Lease {
+                meter,
+                need,
+                extra,
+                reply,
+            })
+            .ok()?;
         rx.recv_async().await.ok()
     }
-}
 
-/// The plane's loop: one window counter per scope.
-fn run(rx: flume::Receiver<Msg>, limits: Vec<u32>) {
-    let mut used: Vec<(u64, u32)> = vec![(0, 0); limits.len()];
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Lease { scope, want, reply } => {
-                let now = current_window();
-                let grant = match (limits.get(scope as usize), used.get_mut(scope as usize)) {
-                    (Some(&limit), Some(slot)) => {
-                        let window = now;
-                        // Only forward: a clock stepped back must not hand out a second quota.
-                        if window > slot.0 {
-                            *slot = (window, 0);
-                        }
-                        let granted = want.min(limit.saturating_sub(slot.1));
-                        slot.1 += granted;
-                        Grant {
-                            granted,
-                            window: slot.0,
-                            remaining: limit - slot.1,
-                        }
-                    }
-                    _ => Grant {
-                        granted: 0,
-                        window: now,
-                        remaining: 0,
-                    },
-                };
-                let _ = reply.send(grant);
-            }
+    /// Report settled usage (never waits).
+    pub fn settle(&self, settlements: Vec<Settlement>, usage: Vec<UsageDelta>) {
+        let _ = self.tx.send(Msg::Settle(settlements, usage));
+    }
+
+    /// Give back unused leased units: (meter, window, units).
+    pub fn give_back(&self, units: Vec<(MeterId, u64, u64)>) {
+        if !units.is_empty() {
+            let _ = self.tx.send(Msg::GiveBack(units));
+        }
+    }
+
+    /// Run an admin call on the plane.
+    pub async fn admin(&self, req: AdminRequest) -> AdminReply {
+        let (reply, rx) = flume::bounded(1);
+        let gone = AdminReply {
+            status: 503,
+            body: admin::error_body(503, "api_error", "control_plane_down", "the control plane is not running"),
+        };
+        if self.tx.send(Msg::Admin(Box::new(req), reply)).is_err() {
+            return gone;
+        }
+        rx.recv_async().await.unwrap_or(gone)
+    }
+
+    /// Blocking admin call, for threads outside a runtime (tests, tools).
+    pub fn admin_blocking(&self, req: AdminRequest) -> Option<AdminReply> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx.send(Msg::Admin(Box::new(req), reply)).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Write everything pending to the store now and wait for it.
+    pub fn flush(&self) {
+        let (reply, rx) = flume::bounded(1);
+        if self.tx.send(Msg::Flush(reply)).is_ok() {
+            let _ = rx.recv();
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("runtime");
-        rt.block_on(f)
-    }
-
-    #[test]
-    fn grants_never_exceed_the_limit_in_a_window() {
-        let h = ControlHandle::start(vec![
-            Scope {
-                name: "key \"a\"".into(),
-                rpm: 10,
-            },
-            Scope {
-                name: "key \"zero\"".into(),
-                rpm: 0,
-            },
-        ])
-        .expect("start");
-        block_on(async {
-            let mut total = 0;
-            let mut last = None;
-            let first = current_window();
-            for _ in 0..10 {
-                let g = h.lease(0, 4).await.expect("grant");
-                if g.window != first {
-                    return; // the minute turned mid-test; nothing to conclude
-                }
-                total += g.granted;
-                last = Some(g);
-            }
-            assert_eq!(total, 10);
-            assert_eq!(last.map(|g| (g.granted, g.remaining)), Some((0, 0)));
-            assert_eq!(
-                h.lease(1, 1).await.map(|g| g.granted),
-                Some(0),
-                "rpm 0 blocks all"
-            );
-            assert_eq!(
-                h.lease(7, 1).await.map(|g| g.granted),
-                Some(0),
-                "unknown scope"
-            );
-        });
-    }
-
-    #[test]
-    fn concurrent_cores_share_one_limit() {
-        let h = ControlHandle::start(vec![Scope {
-            name: "s".into(),
-            rpm: 1000,
-        }])
-        .expect("start");
-        let window = current_window();
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let h = h.clone();
-                std::thread::spawn(move || {
-                    block_on(async {
-                        let mut got = 0;
-                        for _ in 0..400 {
-                            got += h.lease(0, 3).await.map_or(0, |g| g.granted);
-                        }
-                        got
-                    })
-                })
-            })
-            .collect();
-        let total: u32 = threads.into_iter().map(|t| t.join().expect("thread")).sum();
-        if window == current_window() {
-            assert_eq!(
-                total, 1000,
-                "4 cores asked for 4800 and got exactly the limit"
-            );
-        }
-    }
-}
+mod tests;

@@ -1,6 +1,6 @@
 //! Limits that protect the gateway and its backends. Today: in-flight permits.
 
 pub mod inflight;
-pub mod rate;
+pub mod quota;
 
 pub use inflight::{InflightLimiter, InflightPermit};

@@ -25,12 +25,16 @@ pub async fn ready(
 ) -> After {
     let draining = core.shutdown.is_fired();
     let backends = core.gw.backends.len();
-    let ok = !draining && backends > 0;
+    // A failing store makes the gateway not ready only where budgets fail closed; otherwise
+    // it keeps serving and the check tells operators why usage is being held in memory.
+    let store_ok = core.gw.control.store_ok();
+    let ok = !draining && backends > 0 && (store_ok || !core.gw.budget_fail_closed);
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": [
             {"name": "draining", "ok": !draining},
             {"name": "backends", "ok": backends > 0, "count": backends},
+            {"name": "store", "ok": store_ok, "store": core.gw.control.store_name()},
         ],
     });
     let body = serde_json::to_vec(&body).unwrap_or_default();

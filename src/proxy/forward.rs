@@ -20,6 +20,7 @@ use super::json::{self, RequestFacts};
 use super::relay::{self, Permits};
 use super::{body_too_large, reply_error, After, Core};
 use crate::auth::Admitted;
+use crate::limits::quota::{Actual, Estimate, Reservation};
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::{read_append, write_all_timeout};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
@@ -114,19 +115,64 @@ pub async fn passthrough(
         return reply_error(client, head, &request_id, e, unread_body).await;
     };
 
-    // Rate limits (rpm) of the key and its tenant/project/user, from this core's leases. Taken
-    // after the cheap local refusals; given back below if nothing is forwarded after all.
-    let limited = match (&core.rate, &admitted) {
-        (Some(limiter), Some(a)) if !a.key.scopes.is_empty() => Some((limiter, &a.key.scopes[..])),
-        _ => None,
+    // Rate limits and budgets of the key and its tenant/project/user, from this core's
+    // leases. Reserved after the cheap local refusals; given back if nothing is forwarded.
+    let key = admitted.as_ref().map(|a| &a.key);
+    let scopes = key.map_or(&[][..], |k| &k.scopes[..]);
+    let counts_tokens = scopes.iter().any(|s| {
+        s.limits.tpm.is_some() || !s.budget.is_empty()
+    });
+    if gw.budget_fail_closed
+        && !gw.control.store_ok()
+        && scopes.iter().any(|s| !s.budget.is_empty())
+    {
+        let e = GatewayError::new(
+            503,
+            ErrorType::Api,
+            "store_unavailable",
+            "budgets cannot be recorded right now (the store is failing) and --budget-fail-closed is set",
+        );
+        return reply_error(client, head, &request_id, e, unread_body).await;
+    }
+    let body_len = match &body {
+        RequestBody::Buffered(b) => b.len() as u64,
+        RequestBody::Streaming => 0,
     };
-    let mut charged = None;
-    if let Some((limiter, scopes)) = limited {
-        match limiter.acquire(scopes).await {
-            Ok(c) => charged = Some(c),
+    let input_estimate = estimate_input_tokens(body_len);
+    let output_estimate = facts.max_output.unwrap_or(0);
+    let est = Estimate {
+        tokens: input_estimate.saturating_add(output_estimate),
+        cost_pico: match model {
+            Some(m) if counts_tokens => gw.pricing.estimate(m, input_estimate, output_estimate),
+            _ => 0,
+        },
+        requests_only: false,
+    };
+    let reservation = if scopes.is_empty() {
+        Reservation::default()
+    } else {
+        match core.quota.reserve(scopes, est).await {
+            Ok(r) => r,
             Err(e) => return reply_error(client, head, &request_id, e, unread_body).await,
         }
-    }
+    };
+    // A stream whose tokens count must report usage even if the client did not ask: ask for
+    // it upstream, and hide the extra chunk from the client.
+    let mut hide_usage = false;
+    let rewritten = match &body {
+        RequestBody::Buffered(b) if counts_tokens && facts.stream && facts.include_usage != Some(true) => {
+            match json::with_include_usage(b) {
+                Some(nb) => {
+                    hide_usage = true;
+                    Some(RequestBody::Buffered(nb))
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let send_body = rewritten.as_ref().unwrap_or(&body);
+    let mut tap = key.map(|_| relay::Tap::new(hide_usage, gw.usage_max_body_bytes));
 
     let mut last_error: Option<GatewayError> = None;
     let mut saw_candidate = false;
@@ -156,7 +202,7 @@ pub async fn passthrough(
             upstream_path,
             &request_id,
             strip,
-            &body,
+            send_body,
         )
         .await;
         match result {
@@ -165,10 +211,26 @@ pub async fn passthrough(
                     _global: global,
                     _backend: backend_permit,
                 };
-                return relay::respond(core, client, head, backend, ex, &request_id, permits).await;
+                let after = relay::respond(
+                    core,
+                    client,
+                    head,
+                    backend,
+                    ex,
+                    &request_id,
+                    permits,
+                    tap.as_mut(),
+                )
+                .await;
+                if let (Some(k), Some(t)) = (key, &tap) {
+                    account(core, k, model, facts.service_tier.as_deref(), reservation, t);
+                }
+                return after;
             }
             Err(ExchangeError::NotSent(e)) => last_error = Some(e.with_backend(&backend.name)),
             Err(ExchangeError::Failed(e)) => {
+                // The backend may have seen it: the request counts, its tokens do not.
+                core.quota.settle(reservation, Actual::NOTHING);
                 return reply_error(
                     client,
                     head,
@@ -179,7 +241,8 @@ pub async fn passthrough(
                 .await
             }
             Err(ExchangeError::Client(e)) => {
-                return reply_body_error(client, head, &request_id, e, gw.max_body_bytes).await
+                core.quota.cancel(reservation);
+                return reply_body_error(client, head, &request_id, e, gw.max_body_bytes).await;
             }
         }
     }
@@ -198,10 +261,50 @@ pub async fn passthrough(
         (_, _, None) => GatewayError::bad_gateway("no backend could be reached"),
     };
     // Nothing reached an upstream: a refused request consumes no quota (REFERENCE 4).
-    if let (Some((limiter, _)), Some(c)) = (limited, charged) {
-        limiter.release(c);
-    }
+    core.quota.cancel(reservation);
     reply_error(client, head, &request_id, e, unread_body).await
+}
+
+/// Prompt tokens estimated from a body's size: about 4 bytes per token for English text,
+/// and a JSON body's field names and punctuation make that an over-estimate for most.
+pub fn estimate_input_tokens(body_bytes: u64) -> u64 {
+    body_bytes.div_ceil(4)
+}
+
+/// Settle a relayed request's reservation to the usage its response reported, and add it to
+/// the key's cost totals. An error status refunds tokens; a response whose usage never came
+/// (a stream cut short, an upstream that does not report it) keeps what was reserved.
+fn account(
+    core: &Core,
+    key: &crate::auth::VirtualKey,
+    model: Option<&str>,
+    service_tier: Option<&str>,
+    reservation: Reservation,
+    tap: &relay::Tap,
+) {
+    let ok = (200..300).contains(&tap.status);
+    let usage = tap.usage();
+    let model = model.unwrap_or("");
+    let cost = usage.map(|u| core.gw.pricing.cost(model, &u, service_tier));
+    let actual = if ok {
+        Actual {
+            tokens: usage.map(|u| u.total_tokens),
+            cost_pico: cost,
+        }
+    } else {
+        Actual::NOTHING
+    };
+    core.quota.settle(reservation, actual);
+    if ok || usage.is_some() {
+        let u = usage.unwrap_or_default();
+        core.quota.record_usage(
+            &key.id,
+            model,
+            u.prompt_tokens,
+            u.completion_tokens,
+            cost.unwrap_or(0),
+        );
+    }
 }
 
 async fn reply_body_error(

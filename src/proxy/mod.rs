@@ -8,6 +8,7 @@
 //! [`Gateway`] is the immutable, shared part (config compiled once); [`Core`] is one core's
 //! part (its connection pool, request-id counter and shutdown signal), never shared.
 
+pub mod admin;
 pub mod body;
 pub mod endpoints;
 pub mod forward;
@@ -22,15 +23,16 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 
-use crate::auth::KeyTable;
 use crate::config::Config;
-use crate::control::{ControlHandle, Scope, ScopeId};
+use crate::control::store::Store;
+use crate::control::{ControlHandle, PlaneOptions, Snapshot};
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::write_all_timeout;
 use crate::http::limits::CLIENT_WRITE_TIMEOUT;
 use crate::http::{Method, RequestHead};
-use crate::limits::rate::RateLimiter;
+use crate::limits::quota::Quota;
 use crate::limits::InflightLimiter;
+use crate::pricing::Pricing;
 use crate::router::{Group, Router, Weighted};
 use crate::server::shutdown::Shutdown;
 use crate::upstream::{Backend, Pool};
@@ -46,16 +48,48 @@ pub struct ProxyOptions {
     pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Data-plane cores (`--workers`): sizes the rate-limit leases.
     pub workers: usize,
+    /// Admin API tokens; the API is mounted only when one is set.
+    pub admin: admin::AdminTokens,
+    /// `--pricing-litellm`: model prices for cost budgets and totals.
+    pub pricing: Pricing,
+    /// How often settled usage is written to the store.
+    pub flush_interval: std::time::Duration,
+    /// `--audit-retention-secs`.
+    pub audit_retention: Option<std::time::Duration>,
+    /// `--proxy-usage-max-body-bytes`: largest JSON response read for its `usage`.
+    pub usage_max_body_bytes: usize,
+    /// `--budget-fail-closed`: refuse budgeted requests (503) while the store fails.
+    pub budget_fail_closed: bool,
+}
+
+impl ProxyOptions {
+    /// Defaults for everything but the data-path sizes.
+    pub fn new(max_in_flight: usize, max_body_bytes: usize, workers: usize) -> ProxyOptions {
+        ProxyOptions {
+            max_in_flight,
+            max_body_bytes,
+            upstream_ca_file: None,
+            workers,
+            admin: admin::AdminTokens::default(),
+            pricing: Pricing::default(),
+            flush_interval: std::time::Duration::from_millis(500),
+            audit_retention: None,
+            usage_max_body_bytes: 1024 * 1024,
+            budget_fail_closed: false,
+        }
+    }
 }
 
 /// Everything every core shares, read-only.
 pub struct Gateway {
     pub backends: Vec<Backend>,
     pub router: Router,
-    /// Virtual keys; when any are configured every proxied request must present one.
-    pub keys: KeyTable,
-    /// The control plane holding the rate-limit windows, when any key or scope sets `rpm`.
-    pub rate: Option<ControlHandle>,
+    /// The control plane: keys, limits, budgets, the store. Cores read its key snapshot.
+    pub control: ControlHandle,
+    pub admin: admin::AdminTokens,
+    pub pricing: Pricing,
+    pub usage_max_body_bytes: usize,
+    pub budget_fail_closed: bool,
     pub workers: usize,
     pub tls: Arc<rustls::ClientConfig>,
     pub inflight: InflightLimiter,
@@ -65,7 +99,11 @@ pub struct Gateway {
 impl Gateway {
     /// Compile a validated config. Translation backends (`provider`) are not served by the
     /// passthrough path yet; they are skipped with a warning returned to the caller.
-    pub fn build(config: &Config, opts: &ProxyOptions) -> Result<(Gateway, Vec<String>), String> {
+    pub fn build(
+        config: &Config,
+        opts: &ProxyOptions,
+        store: Box<dyn Store>,
+    ) -> Result<(Gateway, Vec<String>), String> {
         let mut warnings = Vec::new();
         let mut backends = Vec::new();
         let mut index_of = ahash::AHashMap::new();
@@ -105,25 +143,35 @@ impl Gateway {
             .iter()
             .map(|r| (r.model_prefix.clone(), r.exact, group(&r.backends)))
             .collect::<Vec<_>>();
-        let (scopes, key_scopes) = rate_scopes(&config.virtual_keys);
-        let keys = KeyTable::build(&config.virtual_keys, &key_scopes, |name| {
-            index_of.get(name).copied()
-        })?;
-        let rate = if scopes.is_empty() {
-            None
-        } else {
-            Some(
-                ControlHandle::start(scopes)
-                    .map_err(|e| format!("cannot start the control plane: {e}"))?,
-            )
-        };
+        let mut records = Vec::with_capacity(config.virtual_keys.len());
+        for (i, k) in config.virtual_keys.iter().enumerate() {
+            let mut rec = crate::control::keys::parse_key(&k.raw, false, false, 0)
+                .map_err(|e| format!("virtual_keys[{i}].{e}"))?
+                .record;
+            rec.source = "config".into();
+            records.push(rec);
+        }
+        let (control, notes) = ControlHandle::start(
+            PlaneOptions {
+                cores: opts.workers.max(1),
+                flush_interval: opts.flush_interval,
+                audit_retention: opts.audit_retention,
+                backends: backends.iter().map(|b| b.name.clone()).collect(),
+            },
+            store,
+            records,
+        )?;
+        warnings.extend(notes);
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
         Ok((
             Gateway {
                 backends,
                 router: Router::new(rules, default),
-                keys,
-                rate,
+                control,
+                admin: opts.admin.clone(),
+                pricing: opts.pricing.clone(),
+                usage_max_body_bytes: opts.usage_max_body_bytes,
+                budget_fail_closed: opts.budget_fail_closed,
                 workers: opts.workers.max(1),
                 tls,
                 inflight: InflightLimiter::new(opts.max_in_flight),
@@ -134,67 +182,6 @@ impl Gateway {
     }
 }
 
-/// The rate-limit scopes the keys define, and each key's scopes (by key position).
-///
-/// A key's own `limits.rpm` is its scope; `tenant_limits`, `project_limits` and `user_limits`
-/// are shared by every key with the same tenant, project or user id. When keys disagree on a
-/// shared scope's limit, the strictest wins.
-fn rate_scopes(keys: &[crate::config::VirtualKeyConfig]) -> (Vec<Scope>, Vec<Vec<ScopeId>>) {
-    // Each key's candidate scopes: (section holding the limit, scope name).
-    let owners = |k: &crate::config::VirtualKeyConfig| {
-        [
-            ("limits", Some(format!("key \"{}\"", k.id))),
-            (
-                "tenant_limits",
-                k.tenant_id.as_ref().map(|t| format!("tenant \"{t}\"")),
-            ),
-            (
-                "project_limits",
-                k.project_id.as_ref().map(|p| format!("project \"{p}\"")),
-            ),
-            (
-                "user_limits",
-                k.user_id.as_ref().map(|u| format!("user \"{u}\"")),
-            ),
-        ]
-    };
-    let rpm = |k: &crate::config::VirtualKeyConfig, section: &str| {
-        k.raw
-            .get(section)
-            .and_then(|l| l.get("rpm"))
-            .and_then(serde_json::Value::as_u64)
-            .map(|n| n.min(u64::from(u32::MAX)) as u32)
-    };
-    // Pass 1: every scope some key sets a limit for (the strictest limit wins).
-    let mut scopes: Vec<Scope> = Vec::new();
-    let mut ids: ahash::AHashMap<String, ScopeId> = ahash::AHashMap::new();
-    for k in keys {
-        for (section, name) in owners(k) {
-            let (Some(limit), Some(name)) = (rpm(k, section), name) else {
-                continue;
-            };
-            let sid = *ids.entry(name.clone()).or_insert_with(|| {
-                scopes.push(Scope { name, rpm: limit });
-                (scopes.len() - 1) as ScopeId
-            });
-            let s = &mut scopes[sid as usize];
-            s.rpm = s.rpm.min(limit);
-        }
-    }
-    // Pass 2: a key is charged to its own scope and to every shared scope it belongs to,
-    // whichever key declared that scope's limit.
-    let per_key = keys
-        .iter()
-        .map(|k| {
-            owners(k)
-                .into_iter()
-                .filter_map(|(_, name)| name.and_then(|n| ids.get(&n).copied()))
-                .collect()
-        })
-        .collect();
-    (scopes, per_key)
-}
-
 /// One core's state.
 pub struct Core {
     pub gw: Arc<Gateway>,
@@ -203,23 +190,43 @@ pub struct Core {
     pub shutdown: Shutdown,
     /// Response read buffers and head scratch buffers, reused from request to request.
     pub bufs: BufPool,
-    /// This core's rate-limit leases, when limits are configured.
-    pub rate: Option<RateLimiter>,
+    /// This core's leases of rate-limit and budget quota.
+    pub quota: Quota,
+    /// This core's copy of the key snapshot (reloaded when the plane's version moves).
+    snapshot: std::cell::RefCell<Arc<Snapshot>>,
 }
 
 impl Core {
     pub fn new(gw: Arc<Gateway>, core_id: usize, shutdown: Shutdown) -> Core {
         Core {
             pool: Pool::new(gw.backends.len()),
-            rate: gw
-                .rate
-                .clone()
-                .map(|plane| RateLimiter::new(plane, gw.workers)),
+            quota: Quota::new(gw.control.clone()),
+            snapshot: std::cell::RefCell::new(gw.control.snapshot()),
             gw,
             ids: request_id::RequestIds::new(core_id),
             shutdown,
             bufs: BufPool::default(),
         }
+    }
+}
+
+impl Core {
+    /// Check a request's key against the current key snapshot: one atomic load per request,
+    /// and a snapshot reload only after the control plane published a change. `Ok(None)`
+    /// when no keys exist (Mode A / Mode B passthrough).
+    pub fn authenticate(
+        &self,
+        fields: &crate::http::head::Fields,
+    ) -> Result<Option<crate::auth::Admitted>, crate::auth::Denial> {
+        let version = self.gw.control.version();
+        let mut snap = self.snapshot.borrow_mut();
+        if snap.version != version {
+            *snap = self.gw.control.snapshot();
+        }
+        if !snap.keys.is_enforced() {
+            return Ok(None);
+        }
+        snap.keys.authenticate(fields).map(Some)
     }
 }
 
@@ -332,9 +339,13 @@ pub async fn handle(
         _ => {}
     }
     // With virtual keys configured, nothing below reaches an upstream without a valid key.
-    let admitted = if core.gw.keys.is_enforced() {
-        match core.gw.keys.authenticate(&head.fields) {
-            Ok(a) => Some(a),
+    // The admin API authenticates with its own tokens.
+    if admin::is_admin_path(path) {
+        return admin::handle(core, client, cbuf, &head, &request_id).await;
+    }
+    let admitted = {
+        match core.authenticate(&head.fields) {
+            Ok(a) => a,
             Err(d) => {
                 return reply_error(
                     client,
@@ -346,8 +357,6 @@ pub async fn handle(
                 .await
             }
         }
-    } else {
-        None
     };
     if head.method == Method::Get && matches!(path, "/v1/models" | "/models") {
         if head.framing.has_body() {
@@ -358,9 +367,15 @@ pub async fn handle(
         let Some(_permit) = core.gw.inflight.try_acquire() else {
             return reply_error(client, &head, &request_id, inflight_error(&core.gw), false).await;
         };
-        if let (Some(limiter), Some(a)) = (&core.rate, &admitted) {
-            if let Err(e) = limiter.acquire(&a.key.scopes).await {
-                return reply_error(client, &head, &request_id, e, false).await;
+        if let Some(a) = &admitted {
+            // A listing costs a request of rpm and nothing else.
+            let est = crate::limits::quota::Estimate {
+                requests_only: true,
+                ..Default::default()
+            };
+            match core.quota.reserve(&a.key.scopes, est).await {
+                Ok(r) => core.quota.settle(r, crate::limits::quota::Actual::NOTHING),
+                Err(e) => return reply_error(client, &head, &request_id, e, false).await,
             }
         }
         return models::list(core, client, &head, &request_id, admitted.as_ref()).await;

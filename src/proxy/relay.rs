@@ -40,6 +40,57 @@ pub struct Permits {
     pub _backend: Option<InflightPermit>,
 }
 
+/// Reads token usage out of a response as it passes (for budgets, limits and cost totals),
+/// and optionally hides the usage chunk the gateway asked for on the client's behalf.
+#[derive(Debug, Default)]
+pub struct Tap {
+    /// Set by the caller: drop the usage-only SSE chunk (the client did not ask for it).
+    pub hide_usage: bool,
+    /// Largest JSON body kept to read `usage` from (`--proxy-usage-max-body-bytes`).
+    pub json_limit: usize,
+    /// Filled in: the upstream status, and whether the body went through whole.
+    pub status: u16,
+    pub complete: bool,
+    sse: bool,
+    json: Vec<u8>,
+    json_overflow: bool,
+    scanner: crate::usage::SseUsageScanner,
+}
+
+impl Tap {
+    pub fn new(hide_usage: bool, json_limit: usize) -> Tap {
+        Tap {
+            hide_usage,
+            json_limit,
+            ..Tap::default()
+        }
+    }
+
+    fn feed(&mut self, payload: &[u8]) {
+        if self.sse {
+            self.scanner.feed(payload);
+        } else if !self.json_overflow {
+            if self.json.len() + payload.len() > self.json_limit {
+                self.json_overflow = true;
+                self.json = Vec::new();
+            } else {
+                self.json.extend_from_slice(payload);
+            }
+        }
+    }
+
+    /// The usage the response reported, if any.
+    pub fn usage(&self) -> Option<crate::usage::Usage> {
+        if self.sse {
+            self.scanner.usage()
+        } else if self.json_overflow || self.json.is_empty() {
+            None
+        } else {
+            crate::usage::from_json(&self.json)
+        }
+    }
+}
+
 /// How the body travels from upstream framing to client framing.
 enum Mode {
     Empty,
@@ -53,6 +104,14 @@ enum Mode {
     CloseToChunked,
     /// Close-delimited on both sides.
     CloseToClose,
+    /// An SSE body whose usage chunk is hidden: `inner` yields payload (one of the payload
+    /// modes above), the filter drops the chunk, and the rest goes out as chunks (or raw to an
+    /// HTTP/1.0 client).
+    Filtered {
+        inner: Box<Mode>,
+        filter: crate::usage::SseUsageFilter,
+        chunked_out: bool,
+    },
 }
 
 /// How relaying ended.
@@ -75,6 +134,7 @@ pub async fn respond(
     ex: Exchange,
     request_id: &str,
     permits: Permits,
+    mut tap: Option<&mut Tap>,
 ) -> After {
     let Exchange {
         mut conn,
@@ -82,7 +142,37 @@ pub async fn respond(
         mut leftover,
     } = ex;
     let http10 = req.version == Version::Http10;
+    let sse = resp
+        .fields
+        .get("content-type")
+        .is_some_and(|ct| ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream"));
+    let hide = match tap.as_deref_mut() {
+        Some(t) => {
+            t.status = resp.status;
+            t.sse = sse;
+            t.hide_usage && sse && (200..300).contains(&resp.status)
+        }
+        None => false,
+    };
     let (mut mode, out_framing, keep_length) = match resp.framing {
+        _ if hide => {
+            let inner = match resp.framing {
+                BodyFraming::Length(n) => Mode::Length(n),
+                BodyFraming::Chunked => Mode::ChunkedToClose(ChunkedDecoder::new()),
+                _ => Mode::CloseToClose,
+            };
+            let mode = Mode::Filtered {
+                inner: Box::new(inner),
+                filter: crate::usage::SseUsageFilter::new(),
+                chunked_out: !http10,
+            };
+            let framing = if http10 {
+                OutFraming::None
+            } else {
+                OutFraming::Chunked
+            };
+            (mode, framing, false)
+        }
         BodyFraming::Empty => (Mode::Empty, OutFraming::None, resp.status != 204),
         BodyFraming::Length(n) => (Mode::Length(n), OutFraming::Length(n), false),
         BodyFraming::Chunked if http10 => (
@@ -98,7 +188,11 @@ pub async fn respond(
         BodyFraming::UntilClose if http10 => (Mode::CloseToClose, OutFraming::None, false),
         BodyFraming::UntilClose => (Mode::CloseToChunked, OutFraming::Chunked, false),
     };
-    let client_close_delimited = matches!(mode, Mode::ChunkedToClose(_) | Mode::CloseToClose);
+    let client_close_delimited = match &mode {
+        Mode::ChunkedToClose(_) | Mode::CloseToClose => true,
+        Mode::Filtered { chunked_out, .. } => !chunked_out,
+        _ => false,
+    };
     let close = !req.keep_alive || client_close_delimited || core.shutdown.is_fired();
 
     let mut scratch = core.bufs.take(512 + leftover.len().min(COALESCE_BYTES));
@@ -115,6 +209,9 @@ pub async fn respond(
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
     if let Mode::Length(n) = mode {
         if leftover.len() as u64 >= n && n as usize <= COALESCE_BYTES {
+            if let Some(t) = tap.as_deref_mut() {
+                t.feed(&leftover[..n as usize]);
+            }
             scratch.extend_from_slice(&leftover[..n as usize]);
             leftover.advance(n as usize);
             mode = Mode::Length(0);
@@ -139,9 +236,13 @@ pub async fn respond(
         &mut leftover,
         &mut mode,
         backend.timeout,
+        tap.as_deref_mut(),
     )
     .await;
     drop(permits);
+    if let Some(t) = tap {
+        t.complete = matches!(ending, Ending::Complete { .. });
+    }
     match ending {
         Ending::Complete { reusable } => {
             if reusable && upstream_keep_alive && leftover.is_empty() {
@@ -166,10 +267,11 @@ async fn relay_body(
     buf: &mut BytesMut,
     mode: &mut Mode,
     gap: Duration,
+    mut tap: Option<&mut Tap>,
 ) -> Ending {
     loop {
         // 1. Forward what is buffered.
-        let (out, done) = match take_ready(mode, buf) {
+        let (out, done) = match take_ready(mode, buf, tap.as_deref_mut()) {
             Ok(x) => x,
             Err(()) => return Ending::UpstreamFailed,
         };
@@ -183,7 +285,7 @@ async fn relay_body(
         }
         if done {
             return Ending::Complete {
-                reusable: !matches!(mode, Mode::CloseToChunked | Mode::CloseToClose),
+                reusable: mode.reusable(),
             };
         }
         // 2. Read more from the upstream, watching for the client leaving.
@@ -202,6 +304,27 @@ async fn relay_body(
                         Ending::Complete { reusable: false }
                     }
                     Mode::CloseToClose => Ending::Complete { reusable: false },
+                    Mode::Filtered {
+                        inner,
+                        filter,
+                        chunked_out,
+                    } if matches!(**inner, Mode::CloseToClose) => {
+                        let mut out = Vec::new();
+                        filter.finish(&mut out);
+                        let mut last = BytesMut::new();
+                        frame(&mut last, &out, *chunked_out);
+                        if *chunked_out {
+                            last.extend_from_slice(LAST_CHUNK);
+                        }
+                        if !last.is_empty()
+                            && write_all_timeout(client, last.freeze(), CLIENT_WRITE_TIMEOUT)
+                                .await
+                                .is_err()
+                        {
+                            return Ending::ClientGone;
+                        }
+                        Ending::Complete { reusable: false }
+                    }
                     _ => Ending::UpstreamFailed,
                 };
             }
@@ -211,19 +334,56 @@ async fn relay_body(
     }
 }
 
+impl Mode {
+    /// Whether the upstream connection can be reused once this body is complete.
+    fn reusable(&self) -> bool {
+        match self {
+            Mode::CloseToChunked | Mode::CloseToClose => false,
+            Mode::Filtered { inner, .. } => inner.reusable(),
+            _ => true,
+        }
+    }
+}
+
+/// Append `data` framed for the client: one chunk, or raw for a close-delimited body.
+fn frame(out: &mut BytesMut, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        write_chunk_header(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
 /// Split off what can be sent now (one `Bytes`, no allocation on the common paths) and
-/// whether the body is complete.
-fn take_ready(mode: &mut Mode, buf: &mut BytesMut) -> Result<(Option<Bytes>, bool), ()> {
+/// whether the body is complete. The payload is shown to `tap` on the way.
+fn take_ready(
+    mode: &mut Mode,
+    buf: &mut BytesMut,
+    mut tap: Option<&mut Tap>,
+) -> Result<(Option<Bytes>, bool), ()> {
     let nonempty = |b: Bytes| (!b.is_empty()).then_some(b);
     Ok(match mode {
         Mode::Empty => (None, true),
         Mode::Length(left) => {
             let take = (*left).min(buf.len() as u64) as usize;
             *left -= take as u64;
-            (nonempty(buf.split_to(take).freeze()), *left == 0)
+            let piece = buf.split_to(take).freeze();
+            if let Some(t) = tap {
+                t.feed(&piece);
+            }
+            (nonempty(piece), *left == 0)
         }
         Mode::ChunkedVerbatim(dec) => {
-            let p = dec.decode(buf, |_| {}).map_err(|_| ())?;
+            let p = match tap.as_deref_mut() {
+                Some(t) => dec.decode(buf, |r| t.feed(&buf[r])),
+                None => dec.decode(buf, |_| {}),
+            }
+            .map_err(|_| ())?;
             (nonempty(buf.split_to(p.consumed).freeze()), p.done)
         }
         Mode::ChunkedToClose(dec) => {
@@ -233,21 +393,51 @@ fn take_ready(mode: &mut Mode, buf: &mut BytesMut) -> Result<(Option<Bytes>, boo
                 .decode(buf, |r| payload.extend_from_slice(&buf[r]))
                 .map_err(|_| ())?;
             buf.advance(p.consumed);
+            if let Some(t) = tap {
+                t.feed(&payload);
+            }
             (nonempty(payload.freeze()), p.done)
         }
         Mode::CloseToChunked => {
             let mut framed = None;
             if !buf.is_empty() {
                 let data = buf.split();
+                if let Some(t) = tap {
+                    t.feed(&data);
+                }
                 let mut f = BytesMut::with_capacity(data.len() + 16);
-                write_chunk_header(&mut f, data.len());
-                f.extend_from_slice(&data);
-                f.extend_from_slice(b"\r\n");
+                frame(&mut f, &data, true);
                 framed = Some(f.freeze());
             }
             (framed, false)
         }
-        Mode::CloseToClose => (nonempty(buf.split().freeze()), false),
+        Mode::CloseToClose => {
+            let piece = buf.split().freeze();
+            if let Some(t) = tap {
+                t.feed(&piece);
+            }
+            (nonempty(piece), false)
+        }
+        Mode::Filtered {
+            inner,
+            filter,
+            chunked_out,
+        } => {
+            let (payload, done) = take_ready(inner, buf, tap)?;
+            let mut kept = Vec::new();
+            if let Some(p) = payload {
+                filter.feed(&p, &mut kept);
+            }
+            if done {
+                filter.finish(&mut kept);
+            }
+            let mut out = BytesMut::with_capacity(kept.len() + 24);
+            frame(&mut out, &kept, *chunked_out);
+            if done && *chunked_out {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+            (nonempty(out.freeze()), done)
+        }
     })
 }
 
@@ -327,7 +517,7 @@ mod tests {
     fn verbatim_chunked_stops_at_the_end_of_the_body() {
         let mut mode = Mode::ChunkedVerbatim(ChunkedDecoder::new());
         let mut buf = BytesMut::from(&b"5\r\nhello\r\n0\r\n\r\nEXTRA"[..]);
-        let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
+        let (out, done) = take_ready(&mut mode, &mut buf, None).expect("valid");
         assert!(done);
         assert_eq!(
             out.map(|b| b.to_vec()).unwrap_or_default(),
@@ -340,7 +530,7 @@ mod tests {
     fn chunked_to_http10_sends_payload_only() {
         let mut mode = Mode::ChunkedToClose(ChunkedDecoder::new());
         let mut buf = BytesMut::from(&b"3\r\nabc\r\n2\r\nde\r\n"[..]);
-        let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
+        let (out, done) = take_ready(&mut mode, &mut buf, None).expect("valid");
         assert!(!done);
         assert_eq!(out.map(|b| b.to_vec()).unwrap_or_default(), b"abcde");
     }
@@ -349,7 +539,7 @@ mod tests {
     fn close_delimited_is_rechunked_for_http11() {
         let mut mode = Mode::CloseToChunked;
         let mut buf = BytesMut::from(&b"hello"[..]);
-        let (out, done) = take_ready(&mut mode, &mut buf).expect("valid");
+        let (out, done) = take_ready(&mut mode, &mut buf, None).expect("valid");
         assert!(!done);
         assert_eq!(
             out.map(|b| b.to_vec()).unwrap_or_default(),
@@ -361,6 +551,6 @@ mod tests {
     fn bad_upstream_chunking_is_an_error() {
         let mut mode = Mode::ChunkedVerbatim(ChunkedDecoder::new());
         let mut buf = BytesMut::from(&b"zz\r\n"[..]);
-        assert!(take_ready(&mut mode, &mut buf).is_err());
+        assert!(take_ready(&mut mode, &mut buf, None).is_err());
     }
 }

@@ -105,6 +105,18 @@ async fn serve(
             shutdown.fire();
         });
     }
+    {
+        // Quota housekeeping: send settled usage to the control plane, give back idle
+        // leases. Its period bounds how much usage a crash can lose on the way.
+        let core = core.clone();
+        let shutdown = shutdown.clone();
+        monoio::spawn(async move {
+            while !shutdown.is_fired() {
+                monoio::time::sleep(QUOTA_TICK).await;
+                core.quota.tick(false);
+            }
+        });
+    }
     let active = Rc::new(Cell::new(0usize));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -144,7 +156,12 @@ async fn serve(
             active.get()
         );
     }
+    // Everything settled so far goes to the control plane before the core exits.
+    core.quota.tick(true);
 }
+
+/// How often a core reports settled usage and returns idle leases.
+const QUOTA_TICK: Duration = Duration::from_millis(20);
 
 /// Run a connection's future so that a panic inside it ends only that future: monoio does not
 /// catch panics in tasks, and an uncaught one would take the whole core (every connection on
