@@ -117,13 +117,9 @@ fn main() {
         r#"{{"backends":[{{"name":"mock","base_url":"{mock_url}/v1"}}],"virtual_keys":[],"router":{{}}}}"#
     );
     let config = Config::from_str(&cfg, "json", &|_: &str| None).expect("config");
-    let opts = ProxyOptions {
-        max_in_flight: 1024,
-        max_body_bytes: 64 << 20,
-        upstream_ca_file: None,
-        workers: 1,
-    };
-    let (gw, _) = Gateway::build(&config, &opts).expect("gateway");
+    let opts = ProxyOptions::new(1024, 64 << 20, 1);
+    let store = Box::new(ditto_gateway::control::store::memory::MemoryStore::new());
+    let (gw, _) = Gateway::build(&config, &opts, store).expect("gateway");
     let handle =
         ditto_gateway::server::start(Arc::new(gw), "127.0.0.1:0", 1, Duration::from_secs(1))
             .expect("start");

@@ -821,18 +821,24 @@ mod tests {
         assert_eq!(
             a.unimplemented,
             vec![
-                "--admin-token",
-                "--sqlite",
                 "--proxy-cache",
                 "--proxy-cache-ttl",
                 "--proxy-retry-status-codes",
                 "--proxy-network-error-action",
-                "--admin-tenant-token",
                 "--otel",
                 "--otel-endpoint",
             ]
         );
         assert!(a.json_logs);
+        assert_eq!(a.sqlite.as_deref(), Some(std::path::Path::new("gw.db")));
+        assert_eq!(a.admin_token, Some(Secret::Value("secret".into())));
+        assert_eq!(
+            a.admin_tenant_tokens,
+            vec![
+                ("t1".to_string(), Secret::Value("tok".into()), true),
+                ("t2".to_string(), Secret::Value("tok2".into()), true),
+            ]
+        );
         // Values are never recorded: they may be secrets.
         assert!(!format!("{a:?}").contains("secret"));
     }
@@ -891,10 +897,17 @@ mod tests {
         }
         args.extend(switches.iter());
         let a = run(&args);
-        assert_eq!(a.unimplemented.len(), valued.len() + switches.len());
+        let implemented = valued
+            .iter()
+            .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
+            .count();
+        assert_eq!(implemented, 11, "admin tokens, pricing, audit, usage body");
+        assert_eq!(
+            a.unimplemented.len(),
+            valued.len() - implemented + switches.len()
+        );
         for store in [
             "--state",
-            "--sqlite",
             "--redis",
             "--redis-env",
             "--pg",

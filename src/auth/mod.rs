@@ -111,6 +111,11 @@ impl KeyTable {
         self.by_digest.is_empty()
     }
 
+    /// The key a token belongs to (enabled or not).
+    pub fn key_for_token(&self, token: &str) -> Option<Arc<VirtualKey>> {
+        self.by_digest.get(&digest(token.as_bytes())).cloned()
+    }
+
     /// Admit or refuse a request by its headers.
     pub fn authenticate(&self, fields: &Fields) -> Result<Admitted, Denial> {
         let (token, carrier) = presented(fields).ok_or(Denial::Missing)?;

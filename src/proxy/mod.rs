@@ -149,6 +149,16 @@ impl Gateway {
                 .map_err(|e| format!("virtual_keys[{i}].{e}"))?
                 .record;
             rec.source = "config".into();
+            // Config validation compares tokens as written; a token and its `sha256:` form
+            // are the same key too.
+            if let Some(j) = records
+                .iter()
+                .position(|r: &crate::control::keys::KeyRecord| r.token_hash == rec.token_hash)
+            {
+                return Err(format!(
+                    "virtual_keys[{i}].token: duplicate token (same as virtual_keys[{j}])"
+                ));
+            }
             records.push(rec);
         }
         let (control, notes) = ControlHandle::start(
