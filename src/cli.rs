@@ -57,7 +57,9 @@ impl Secret {
             Secret::Value(v) => Ok(v.clone()),
             Secret::Env(var) => match lookup(var) {
                 Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-                _ => Err(format!("{flag}: environment variable {var} is not set or empty")),
+                _ => Err(format!(
+                    "{flag}: environment variable {var} is not set or empty"
+                )),
             },
         }
     }
@@ -480,9 +482,7 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
         "--sqlite" => out.sqlite = Some(PathBuf::from(value)),
         "--pricing-litellm" => out.pricing_litellm = Some(PathBuf::from(value)),
         "--audit-retention-secs" => out.audit_retention_secs = Some(number(given, &value)?),
-        "--proxy-usage-max-body-bytes" => {
-            out.proxy_usage_max_body_bytes = count(given, &value)?
-        }
+        "--proxy-usage-max-body-bytes" => out.proxy_usage_max_body_bytes = count(given, &value)?,
         "--budget-fail-closed" => out.budget_fail_closed = true,
         "--store-flush-ms" => out.store_flush_ms = count(given, &value)? as u64,
         // Every implemented flag in FLAGS has an arm above; the test
@@ -906,13 +906,7 @@ mod tests {
             a.unimplemented.len(),
             valued.len() - implemented + switches.len()
         );
-        for store in [
-            "--state",
-            "--redis",
-            "--redis-env",
-            "--pg",
-            "--mysql",
-        ] {
+        for store in ["--state", "--redis", "--redis-env", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);
             assert_eq!(a.unimplemented, vec![store.to_string()]);
         }

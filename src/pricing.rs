@@ -135,7 +135,11 @@ impl Pricing {
 
 /// Pico-USD as a decimal USD string with 12 places, for the admin API.
 pub fn pico_to_usd_string(pico: u64) -> String {
-    format!("{}.{:012}", pico / 1_000_000_000_000, pico % 1_000_000_000_000)
+    format!(
+        "{}.{:012}",
+        pico / 1_000_000_000_000,
+        pico % 1_000_000_000_000
+    )
 }
 
 #[cfg(test)]

@@ -65,9 +65,7 @@ impl From<RawUsage> for Usage {
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: r
-                .total_tokens
-                .unwrap_or(prompt.saturating_add(completion)),
+            total_tokens: r.total_tokens.unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: cached,
             cache_creation_tokens: created,
         }
@@ -328,11 +326,18 @@ data: [DONE]\n\n";
                 f.feed(piece, &mut out);
             }
             f.finish(&mut out);
-            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want), "step {step}");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "step {step}"
+            );
         }
         let mut f = SseUsageFilter::new();
         let mut out = Vec::new();
-        f.feed(b"data: {\"choices\":[{}],\"usage\":{\"total_tokens\":1}}\r\n\r\n", &mut out);
+        f.feed(
+            b"data: {\"choices\":[{}],\"usage\":{\"total_tokens\":1}}\r\n\r\n",
+            &mut out,
+        );
         assert!(!out.is_empty(), "a chunk with choices stays");
     }
 

@@ -62,16 +62,16 @@ fn run(args: cli::Args) -> Result<(), String> {
         warn!("{flag}: accepted for compatibility, not implemented yet");
     }
     let workers = args.workers.unwrap_or_else(server::default_workers);
-    let mut opts = ProxyOptions::new(
-        args.proxy_max_in_flight,
-        args.proxy_max_body_bytes,
-        workers,
-    );
+    let mut opts = ProxyOptions::new(args.proxy_max_in_flight, args.proxy_max_body_bytes, workers);
     opts.upstream_ca_file = args.upstream_ca_file.clone();
     opts.admin = admin_tokens(&args, &lookup)?;
     if let Some(p) = &args.pricing_litellm {
         opts.pricing = Pricing::load(p)?;
-        info!("pricing: {} model(s) from {}", opts.pricing.len(), p.display());
+        info!(
+            "pricing: {} model(s) from {}",
+            opts.pricing.len(),
+            p.display()
+        );
     }
     opts.flush_interval = Duration::from_millis(args.store_flush_ms.max(1));
     opts.audit_retention = args.audit_retention_secs.map(Duration::from_secs);
@@ -150,7 +150,11 @@ fn admin_tokens(
         };
         tenants.push((tenant.clone(), secret.resolve(flag, lookup)?, *write));
     }
-    Ok(AdminTokens::new(admin.as_deref(), read.as_deref(), &tenants))
+    Ok(AdminTokens::new(
+        admin.as_deref(),
+        read.as_deref(),
+        &tenants,
+    ))
 }
 
 /// Catch SIGTERM and SIGINT from now on (delivered through [`wait_for_signal`]).

@@ -936,24 +936,21 @@ fn virtual_key(
     for section in KEY_SECTIONS {
         if let Some(r) = o.get(section) {
             let sp = o.at(section);
-            let Raw::Map(fields) = r else {
+            let Raw::Map(_) = r else {
                 return Err(type_error(&sp, "an object", r));
             };
-            if !section.ends_with("limits") {
+            // Limits and budgets are enforced: checked by the parser the admin API uses too,
+            // so a key is accepted or refused the same way whichever way it arrives.
+            let check = if section.ends_with("limits") {
+                crate::control::keys::parse_limits(&to_json(r, &sp, w, false)?, section).map(|_| ())
+            } else if section.ends_with("budget") {
+                crate::control::keys::parse_budget(&to_json(r, &sp, w, false)?, section).map(|_| ())
+            } else {
                 w.warn(&sp, NOT_ENFORCED);
-                continue;
-            }
-            // Rate limits: `rpm` is enforced (a whole number, 0 blocks every request);
-            // the rest (tpm) is kept for later.
-            for (k, v) in fields {
-                let fp = format!("{sp}.{k}");
-                if k == "rpm" {
-                    if !matches!(v, Raw::Num(Num::U(n)) if *n <= u64::from(u32::MAX)) {
-                        return Err(type_error(&fp, "a whole number >= 0", v));
-                    }
-                } else {
-                    w.warn(&fp, NOT_ENFORCED);
-                }
+                Ok(())
+            };
+            if let Err(e) = check {
+                return Err(ConfigError::new(format!("{path}.{}", e.field), e.message));
             }
         }
     }
@@ -1868,15 +1865,34 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "virtual_keys[0].budget: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].cache: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].guardrails: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].passthrough: accepted, not enforced yet".to_string(),
-                "virtual_keys[0].tenant_budget: accepted, not enforced yet".to_string(),
-                "virtual_keys[0].project_limits.tpm: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].nickname: unknown field, ignored".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn limits_and_budgets_are_checked_naming_the_field() {
+        let e = err(&doc(
+            ONE,
+            r#"[{"id": "k", "token": "t", "limits": {"tpm": -1}}]"#,
+            DEF_A,
+        ));
+        assert!(e.starts_with("virtual_keys[0].limits.tpm: "), "{e}");
+        let e = err(&doc(
+            ONE,
+            r#"[{"id": "k", "token": "t", "user_budget": {"period": "weekly"}}]"#,
+            DEF_A,
+        ));
+        assert!(e.starts_with("virtual_keys[0].user_budget.period: "), "{e}");
+        let e = err(&doc(
+            ONE,
+            r#"[{"id": "k", "token": "t", "budget": {"usd": 1}}]"#,
+            DEF_A,
+        ));
+        assert!(e.contains("budget.usd"), "{e}");
     }
 
     #[test]

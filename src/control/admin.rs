@@ -147,11 +147,14 @@ impl Plane {
             return field_error(FieldError::new("id", "must be a non-empty string"));
         }
         self.create(&req.role, parsed.record, parsed.clear_token, "key.create")
-            .map_or_else(|e| e, |(rec, token)| {
-                let mut v = rec.to_public_json();
-                v["token"] = Value::String(token.unwrap_or_else(|| "redacted".into()));
-                reply(201, v)
-            })
+            .map_or_else(
+                |e| e,
+                |(rec, token)| {
+                    let mut v = rec.to_public_json();
+                    v["token"] = Value::String(token.unwrap_or_else(|| "redacted".into()));
+                    reply(201, v)
+                },
+            )
     }
 
     /// Validate, persist and publish a new key. Returns the record and the clear token (the
@@ -201,7 +204,10 @@ impl Plane {
             Some(&rec.id),
             json!({"tenant_id": rec.tenant_id}),
         );
-        self.persist(vec![Write::PutKey(rec.clone()), Write::Audit(entry.clone())])?;
+        self.persist(vec![
+            Write::PutKey(rec.clone()),
+            Write::Audit(entry.clone()),
+        ])?;
         self.keys.insert(rec.id.clone(), rec.clone());
         self.publish(entry)?;
         Ok((rec, clear))
@@ -253,13 +259,16 @@ impl Plane {
     fn publish(&mut self, entry: super::store::AuditEntry) -> Result<(), AdminReply> {
         self.remember_audit(entry);
         self.recall_leases();
-        self.rebuild()
-            .map_err(|e| fail(500, "rebuild_failed", e))
+        self.rebuild().map_err(|e| fail(500, "rebuild_failed", e))
     }
 
     fn update_from_body(&mut self, req: &AdminRequest, id: &str) -> AdminReply {
         let Some(Value::Object(patch)) = &req.body else {
-            return fail(400, "missing_body", "a JSON object with the fields to change is required");
+            return fail(
+                400,
+                "missing_body",
+                "a JSON object with the fields to change is required",
+            );
         };
         if let Some(v) = patch.get("id") {
             if v.as_str() != Some(id) {
@@ -281,8 +290,17 @@ impl Plane {
         patch: Map<String, Value>,
         action: &str,
     ) -> Result<KeyRecord, AdminReply> {
-        let Some(old) = self.keys.get(id).filter(|k| Self::visible(role, k)).cloned() else {
-            return Err(fail(404, "key_not_found", format!("no key with id \"{id}\"")));
+        let Some(old) = self
+            .keys
+            .get(id)
+            .filter(|k| Self::visible(role, k))
+            .cloned()
+        else {
+            return Err(fail(
+                404,
+                "key_not_found",
+                format!("no key with id \"{id}\""),
+            ));
         };
         if let Some(t) = role.tenant() {
             if patch
@@ -316,7 +334,10 @@ impl Plane {
         // Never log a token, not even its hash.
         let fields: Vec<&str> = changed.iter().map(String::as_str).collect();
         let entry = self.audit_entry(&role.actor(), action, Some(id), json!({"fields": fields}));
-        self.persist(vec![Write::PutKey(rec.clone()), Write::Audit(entry.clone())])?;
+        self.persist(vec![
+            Write::PutKey(rec.clone()),
+            Write::Audit(entry.clone()),
+        ])?;
         self.keys.insert(id.to_string(), rec.clone());
         self.publish(entry)?;
         Ok(rec)
@@ -331,10 +352,17 @@ impl Plane {
 
     fn delete(&mut self, role: &Role, id: &str, action: &str) -> Result<(), AdminReply> {
         if !self.keys.get(id).is_some_and(|k| Self::visible(role, k)) {
-            return Err(fail(404, "key_not_found", format!("no key with id \"{id}\"")));
+            return Err(fail(
+                404,
+                "key_not_found",
+                format!("no key with id \"{id}\""),
+            ));
         }
         let entry = self.audit_entry(&role.actor(), action, Some(id), json!({}));
-        self.persist(vec![Write::DeleteKey(id.to_string()), Write::Audit(entry.clone())])?;
+        self.persist(vec![
+            Write::DeleteKey(id.to_string()),
+            Write::Audit(entry.clone()),
+        ])?;
         self.keys.remove(id);
         self.publish(entry)
     }
@@ -444,7 +472,9 @@ impl Plane {
                 Some(a) => {
                     &e.actor == a
                         || e.target.as_ref().is_some_and(|id| {
-                            self.keys.get(id).is_some_and(|k| Self::visible(&req.role, k))
+                            self.keys
+                                .get(id)
+                                .is_some_and(|k| Self::visible(&req.role, k))
                         })
                 }
             })
@@ -455,7 +485,11 @@ impl Plane {
 
     fn reap(&mut self, req: &AdminRequest) -> AdminReply {
         if req.role.tenant().is_some() {
-            return fail(403, "admin_only", "only the admin token can reap reservations");
+            return fail(
+                403,
+                "admin_only",
+                "only the admin token can reap reservations",
+            );
         }
         let older = match req.body.as_ref().and_then(|b| b.get("older_than_secs")) {
             None | Some(Value::Null) => 0,
@@ -511,9 +545,15 @@ impl Plane {
                     limits.insert(k.trim_end_matches("_limit").into(), n.into());
                 }
                 "max_budget" if !v.is_null() => {
-                    let usd = v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).ok_or_else(
-                        || field_error(FieldError::new("max_budget", "must be a number >= 0 (USD)")),
-                    )?;
+                    let usd = v
+                        .as_f64()
+                        .filter(|f| f.is_finite() && *f >= 0.0)
+                        .ok_or_else(|| {
+                            field_error(FieldError::new(
+                                "max_budget",
+                                "must be a number >= 0 (USD)",
+                            ))
+                        })?;
                     budget.insert(
                         "total_usd_micros".into(),
                         ((usd * 1e6).round() as u64).into(),
@@ -610,7 +650,14 @@ impl Plane {
             Ok((rec, token)) => {
                 let token = token.unwrap_or_default();
                 let mut v = self.lite_view(&rec);
-                let tail: String = token.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: String = token
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
                 v["key"] = Value::String(token);
                 v["key_name"] = Value::String(format!("sk-...{tail}"));
                 reply(200, v)
@@ -673,12 +720,20 @@ impl Plane {
         let list = |f: &str| -> Vec<String> {
             body.get(f)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut ids = Vec::new();
         for t in list("keys") {
-            match self.find_by_token(&t).filter(|k| Self::visible(&req.role, k)) {
+            match self
+                .find_by_token(&t)
+                .filter(|k| Self::visible(&req.role, k))
+            {
                 Some(k) => ids.push(k.id.clone()),
                 None => return fail(404, "key_not_found", "no such key"),
             }
@@ -690,7 +745,13 @@ impl Plane {
             });
             match found.filter(|k| Self::visible(&req.role, k)) {
                 Some(k) => ids.push(k.id.clone()),
-                None => return fail(404, "key_not_found", format!("no key with alias \"{alias}\"")),
+                None => {
+                    return fail(
+                        404,
+                        "key_not_found",
+                        format!("no key with alias \"{alias}\""),
+                    )
+                }
             }
         }
         if ids.is_empty() {
@@ -723,7 +784,10 @@ impl Plane {
             .keys
             .values()
             .filter(|k| Self::visible(&req.role, k))
-            .filter(|k| team.as_ref().is_none_or(|t| k.tenant_id.as_ref() == Some(t)))
+            .filter(|k| {
+                team.as_ref()
+                    .is_none_or(|t| k.tenant_id.as_ref() == Some(t))
+            })
             .map(|k| Value::String(k.token_hash.trim_start_matches("sha256:").to_string()))
             .collect();
         let n = keys.len();

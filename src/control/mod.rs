@@ -118,7 +118,10 @@ pub enum Role {
     /// Read-only admin token.
     Read,
     /// A tenant token: only keys of that tenant; `write` unless a read-only tenant token.
-    Tenant { tenant: String, write: bool },
+    Tenant {
+        tenant: String,
+        write: bool,
+    },
 }
 
 impl Role {
@@ -303,7 +306,12 @@ impl ControlHandle {
         let (reply, rx) = flume::bounded(1);
         let gone = AdminReply {
             status: 503,
-            body: admin::error_body(503, "api_error", "control_plane_down", "the control plane is not running"),
+            body: admin::error_body(
+                503,
+                "api_error",
+                "control_plane_down",
+                "the control plane is not running",
+            ),
         };
         if self.tx.send(Msg::Admin(Box::new(req), reply)).is_err() {
             return gone;

@@ -248,13 +248,16 @@ impl Plane {
         };
         let window = scope.window(meter.kind, now);
         // Without a share (another task of the core is already asking), cores = infinity.
-        let cores = if extra { self.opts.cores as u64 } else { u64::MAX / 32 };
+        let cores = if extra {
+            self.opts.cores as u64
+        } else {
+            u64::MAX / 32
+        };
         self.meters.lease(meter, limit, window, need, cores)
     }
 
     fn settle(&mut self, s: Settlement) {
-        if self.meters.settle(s.meter, s.window, s.spent, s.released) && s.meter.kind.is_budget()
-        {
+        if self.meters.settle(s.meter, s.window, s.spent, s.released) && s.meter.kind.is_budget() {
             self.dirty_ledgers.insert(s.meter);
         }
     }

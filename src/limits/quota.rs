@@ -218,9 +218,7 @@ impl Quota {
                 Kind::Tpm | Kind::Tokens => actual.tokens.unwrap_or(it.reserved),
                 Kind::Usd => actual.cost_pico.unwrap_or(it.reserved),
             };
-            let lease = leases
-                .get_mut(&it.meter)
-                .filter(|l| l.window == it.window);
+            let lease = leases.get_mut(&it.meter).filter(|l| l.window == it.window);
             // Units of this core's lease the use consumed (the rest of the reservation goes
             // back to the lease; an excess is taken from the lease's free units if it can).
             let released = match lease {
@@ -384,7 +382,9 @@ fn refusal(scope: &ScopeInfo, kind: Kind, limit: u64, need: u64, now: u64) -> Ga
                     "rate limit for {name}: this request needs about {need} tokens, more than the limit of {limit} tokens per minute"
                 )
             } else {
-                format!("rate limit reached for {name}: {limit} {unit} per minute; retry in {reset}s")
+                format!(
+                    "rate limit reached for {name}: {limit} {unit} per minute; retry in {reset}s"
+                )
             };
             let code = if kind == Kind::Rpm {
                 "rate_limit_exceeded"
@@ -408,7 +408,11 @@ fn refusal(scope: &ScopeInfo, kind: Kind, limit: u64, need: u64, now: u64) -> Ga
             };
             let period = match scope.budget.period {
                 crate::control::keys::Period::Lifetime => String::new(),
-                p => format!(" ({} budget, resets in {}s)", p.as_str(), reset.unwrap_or(0)),
+                p => format!(
+                    " ({} budget, resets in {}s)",
+                    p.as_str(),
+                    reset.unwrap_or(0)
+                ),
             };
             GatewayError::new(
                 402,

@@ -76,10 +76,7 @@ impl AdminTokens {
 
 /// Paths served by the admin API (original `/admin/*` and LiteLLM's `/key/*`).
 pub fn is_admin_path(path: &str) -> bool {
-    path == "/admin"
-        || path.starts_with("/admin/")
-        || path == "/key"
-        || path.starts_with("/key/")
+    path == "/admin" || path.starts_with("/admin/") || path == "/key" || path.starts_with("/key/")
 }
 
 fn admin_error(status: u16, code: &'static str, message: impl Into<String>) -> GatewayError {
@@ -205,7 +202,10 @@ mod tests {
         let t = AdminTokens::new(
             Some("adm"),
             Some("ro"),
-            &[("acme".into(), "ten".into(), true), ("beta".into(), "tro".into(), false)],
+            &[
+                ("acme".into(), "ten".into(), true),
+                ("beta".into(), "tro".into(), false),
+            ],
         );
         assert_eq!(t.role(b"adm"), Some(Role::Admin));
         assert_eq!(t.role(b"ro"), Some(Role::Read));

@@ -20,10 +20,10 @@ use super::json::{self, RequestFacts};
 use super::relay::{self, Permits};
 use super::{body_too_large, reply_error, After, Core};
 use crate::auth::Admitted;
-use crate::limits::quota::{Actual, Estimate, Reservation};
 use crate::error::{ErrorType, GatewayError};
 use crate::http::io::{read_append, write_all_timeout};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
+use crate::limits::quota::{Actual, Estimate, Reservation};
 use crate::upstream::connector::connect;
 use crate::upstream::{Backend, UpConn};
 
@@ -119,9 +119,9 @@ pub async fn passthrough(
     // leases. Reserved after the cheap local refusals; given back if nothing is forwarded.
     let key = admitted.as_ref().map(|a| &a.key);
     let scopes = key.map_or(&[][..], |k| &k.scopes[..]);
-    let counts_tokens = scopes.iter().any(|s| {
-        s.limits.tpm.is_some() || !s.budget.is_empty()
-    });
+    let counts_tokens = scopes
+        .iter()
+        .any(|s| s.limits.tpm.is_some() || !s.budget.is_empty());
     if gw.budget_fail_closed
         && !gw.control.store_ok()
         && scopes.iter().any(|s| !s.budget.is_empty())
@@ -160,7 +160,9 @@ pub async fn passthrough(
     // it upstream, and hide the extra chunk from the client.
     let mut hide_usage = false;
     let rewritten = match &body {
-        RequestBody::Buffered(b) if counts_tokens && facts.stream && facts.include_usage != Some(true) => {
+        RequestBody::Buffered(b)
+            if counts_tokens && facts.stream && facts.include_usage != Some(true) =>
+        {
             match json::with_include_usage(b) {
                 Some(nb) => {
                     hide_usage = true;
@@ -223,7 +225,14 @@ pub async fn passthrough(
                 )
                 .await;
                 if let (Some(k), Some(t)) = (key, &tap) {
-                    account(core, k, model, facts.service_tier.as_deref(), reservation, t);
+                    account(
+                        core,
+                        k,
+                        model,
+                        facts.service_tier.as_deref(),
+                        reservation,
+                        t,
+                    );
                 }
                 return after;
             }
@@ -238,7 +247,7 @@ pub async fn passthrough(
                     e.with_backend(&backend.name),
                     true,
                 )
-                .await
+                .await;
             }
             Err(ExchangeError::Client(e)) => {
                 core.quota.cancel(reservation);

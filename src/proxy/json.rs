@@ -112,10 +112,15 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["model"], "m");
-        let b = with_include_usage(br#"{"stream_options":{"include_usage":false,"x":1},"stream":true}"#)
-            .expect("object");
+        let b = with_include_usage(
+            br#"{"stream_options":{"include_usage":false,"x":1},"stream":true}"#,
+        )
+        .expect("object");
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
-        assert_eq!(v["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
         assert!(with_include_usage(b"[1]").is_none());
     }
 

@@ -413,6 +413,11 @@ pub fn agent() -> ureq::Agent {
     ureq::Agent::new_with_config(cfg)
 }
 
+/// A ureq result as a [`Resp`] (for requests built by a test itself).
+pub fn into_resp_pub(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
+    into_resp(r)
+}
+
 fn into_resp(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
     let mut r = r.unwrap_or_else(|e| panic!("request failed: {e}"));
     let status = r.status().as_u16();
@@ -760,6 +765,19 @@ pub fn raw_post(path: &str, body: &str, extra: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// An admin call with a raw (possibly invalid) body, over a raw socket.
+pub fn raw_admin(gw: &Gateway, method: &str, path: &str, body: &str, token: &str) -> Response {
+    let mut c = gw.raw();
+    c.send(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response()
 }
 
 /// Elapsed time since `t0` in milliseconds.

@@ -8,6 +8,7 @@ mod harness;
 
 mod cli;
 mod codec;
+mod control;
 mod faults;
 mod keys;
 mod limits;
