@@ -144,7 +144,7 @@ impl Args {
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Start the gateway.
-    Run(Args),
+    Run(Box<Args>),
     /// Print [`usage`] and exit 0.
     Help,
 }
@@ -367,7 +367,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             out.unimplemented.push(spec.name.to_string());
         }
     }
-    Ok(Command::Run(out))
+    Ok(Command::Run(Box::new(out)))
 }
 
 fn err(message: impl Into<String>) -> CliError {
@@ -567,7 +567,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Args {
         match parse(args.iter().map(|s| s.to_string())) {
-            Ok(Command::Run(a)) => a,
+            Ok(Command::Run(a)) => *a,
             Ok(Command::Help) => panic!("unexpected help for {args:?}"),
             Err(e) => panic!("{args:?}: {e}"),
         }

@@ -57,8 +57,8 @@ impl Pricing {
             };
             let tier = |t: &str| {
                 Some((
-                    pico(entry.get(&format!("input_cost_per_token_{t}")))?,
-                    pico(entry.get(&format!("output_cost_per_token_{t}")))?,
+                    pico(entry.get(format!("input_cost_per_token_{t}")))?,
+                    pico(entry.get(format!("output_cost_per_token_{t}")))?,
                 ))
             };
             models.insert(

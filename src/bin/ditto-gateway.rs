@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
-        Ok(Command::Run(a)) => a,
+        Ok(Command::Run(a)) => *a,
         Ok(Command::Help) => {
             println!("{}", cli::usage());
             return ExitCode::SUCCESS;

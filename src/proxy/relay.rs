@@ -126,6 +126,7 @@ enum Ending {
 }
 
 /// Write the response head and relay the body; returns what the client connection should do.
+#[allow(clippy::too_many_arguments)]
 pub async fn respond(
     core: &Core,
     client: &mut TcpStream,
