@@ -1087,14 +1087,7 @@ mod tests {
         "data: {\"type\":\"message_stop\"}\n\n",
     );
 
-    /// The `data:` payloads of converted output.
-    pub(crate) fn datas(out: &[u8]) -> Vec<String> {
-        let text = std::str::from_utf8(out).expect("utf8");
-        assert!(text.is_empty() || text.ends_with("\n\n"), "{text}");
-        text.split_terminator("\n\n")
-            .map(|e| e.strip_prefix("data: ").expect("data frame").to_string())
-            .collect()
-    }
+    use crate::translate::sse::data_payloads as datas;
 
     #[test]
     fn stream_converts_at_every_split_point_with_interleaved_text_and_tool() {

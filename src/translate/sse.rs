@@ -169,6 +169,16 @@ pub fn write_event(out: &mut Vec<u8>, name: &str, json: &Value) {
     write_data(out, json);
 }
 
+/// Test helper: the `data:` payloads of converter output, checking the framing.
+#[cfg(test)]
+pub(crate) fn data_payloads(out: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(out).expect("utf8");
+    assert!(text.is_empty() || text.ends_with("\n\n"), "{text}");
+    text.split_terminator("\n\n")
+        .map(|e| e.strip_prefix("data: ").expect("data frame").to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
