@@ -249,12 +249,14 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), Transla
             }
             // Reasoning items are the model's own notes; a chat upstream cannot take them back.
             Some("reasoning") => {}
-            Some(other) => return Err(TranslateError::field(
-                format!("{f}.type"),
-                format!(
+            Some(other) => {
+                return Err(TranslateError::field(
+                    format!("{f}.type"),
+                    format!(
                     "input item type {other:?} is not supported through the chat completions shim"
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(TranslateError::field(
                     format!("{f}.type"),
