@@ -138,12 +138,14 @@ pub fn messages_to_chat(
             let t = super::expect_object(t, &f)?;
             match super::opt_str(t, "type", &format!("{f}.type"))? {
                 None | Some("custom") => {}
-                Some(other) => return Err(TranslateError::field(
-                    format!("{f}.type"),
-                    format!(
+                Some(other) => {
+                    return Err(TranslateError::field(
+                        format!("{f}.type"),
+                        format!(
                         "server tool {other:?} cannot be served by an OpenAI-compatible backend"
                     ),
-                )),
+                    ))
+                }
             }
             let name = super::opt_str(t, "name", &format!("{f}.name"))?.ok_or_else(|| {
                 TranslateError::field(format!("{f}.name"), "name: Field required")
