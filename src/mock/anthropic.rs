@@ -7,6 +7,8 @@
 //! [`TOOL_INPUT`], streamed as many small `input_json_delta`s. Usage reports
 //! [`CACHE_READ_TOKENS`] cache-read tokens so cache accounting can be checked.
 
+#![warn(missing_docs)]
+
 use serde_json::{json, Value};
 
 /// Input of the mock's `tool_use` block.
@@ -27,8 +29,11 @@ pub const TOOL_USE_ID: &str = "toolu_mock_1";
 /// What the mock takes from a Messages request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessagesRequest {
+    /// `model`, echoed back.
     pub model: String,
+    /// `stream: true`.
     pub stream: bool,
+    /// `max_tokens`: the text is cut there (stop reason `max_tokens`).
     pub max_tokens: u64,
     /// Name of the first tool, if the request has tools (and tool_choice is not none).
     pub tool: Option<String>,
@@ -238,7 +243,7 @@ pub fn error_type(status: u16) -> &'static str {
         429 => "rate_limit_error",
         529 => "overloaded_error",
         504 => "timeout_error",
-        400..=499 => "invalid_request_error",
+        _ if (400..500).contains(&status) => "invalid_request_error",
         _ => "api_error",
     }
 }

@@ -8,6 +8,8 @@
 //! [`super::anthropic::TOOL_INPUT`]'s arguments; the last chunk carries `finishReason` and the
 //! full `usageMetadata`.
 
+#![warn(missing_docs)]
+
 use serde_json::{json, Value};
 
 /// What the mock takes from a `generateContent` request.
@@ -194,7 +196,7 @@ pub fn rpc_status(status: u16) -> &'static str {
         501 => "UNIMPLEMENTED",
         503 => "UNAVAILABLE",
         504 => "DEADLINE_EXCEEDED",
-        400..=499 => "FAILED_PRECONDITION",
+        _ if (400..500).contains(&status) => "FAILED_PRECONDITION",
         _ => "UNKNOWN",
     }
 }

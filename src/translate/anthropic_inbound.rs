@@ -33,7 +33,7 @@ pub fn error_type_for_status(status: u16) -> &'static str {
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
         504 => "timeout_error",
-        400..=499 => "invalid_request_error",
+        _ if (400..500).contains(&status) => "invalid_request_error",
         _ => "api_error",
     }
 }

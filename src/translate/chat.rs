@@ -13,13 +13,20 @@ pub enum Image {
     /// An `http(s)` URL the provider fetches itself.
     Url(String),
     /// A `data:` URL, split into its media type and base64 payload.
-    Base64 { media_type: String, data: String },
+    Base64 {
+        /// `image/png`, `image/jpeg`, ...
+        media_type: String,
+        /// The base64 payload, as sent.
+        data: String,
+    },
 }
 
 /// One content part of a chat message, as the converters need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
+    /// A text part (or a refusal, read as text).
     Text(String),
+    /// An `image_url` part.
     Image(Image),
 }
 
@@ -196,7 +203,9 @@ pub fn stop_list(v: Option<&Value>, field: &str) -> Result<Vec<String>, Translat
 /// One tool call of an assistant message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
+    /// The call id the tool result refers to.
     pub id: String,
+    /// The function called.
     pub name: String,
     /// The arguments parsed as a JSON object (an empty string counts as `{}`).
     pub arguments: Value,
@@ -259,7 +268,9 @@ pub fn tool_calls(msg: &Map<String, Value>, i: usize) -> Result<Vec<ToolCall>, T
 /// A function tool of a chat request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionTool {
+    /// The function's name.
     pub name: String,
+    /// What the function does, for the model.
     pub description: Option<String>,
     /// The JSON Schema of the arguments, if given.
     pub parameters: Option<Value>,
@@ -317,9 +328,13 @@ pub fn function_tools(req: &Map<String, Value>) -> Result<Vec<FunctionTool>, Tra
 /// `tool_choice` of a chat request, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolChoice {
+    /// The model decides.
     Auto,
+    /// No tool calls.
     None,
+    /// At least one tool call.
     Required,
+    /// This function must be called.
     Function(String),
 }
 
@@ -354,8 +369,11 @@ pub fn tool_choice(req: &Map<String, Value>) -> Result<Option<ToolChoice>, Trans
 /// Writes the `chat.completion.chunk` frames of one translated stream.
 #[derive(Debug, Clone)]
 pub struct ChunkWriter {
+    /// The `id` of every chunk (the upstream's message id once known).
     pub id: String,
+    /// The `created` of every chunk.
     pub created: u64,
+    /// The model reported to the client.
     pub model: String,
 }
 
@@ -419,7 +437,7 @@ pub fn openai_type_for_status(status: u16) -> &'static str {
         401 => "authentication_error",
         403 => "permission_error",
         429 => "rate_limit_error",
-        400..=499 => "invalid_request_error",
+        _ if (400..500).contains(&status) => "invalid_request_error",
         _ => "api_error",
     }
 }

@@ -17,6 +17,8 @@
 //! [`TranslateError`]s with status 400 and the offending field's path; a malformed upstream
 //! answer is a 502. Converters never panic on any input.
 
+#![warn(missing_docs)]
+
 pub mod anthropic;
 pub mod anthropic_inbound;
 pub mod chat;
@@ -113,7 +115,9 @@ impl std::error::Error for TranslateError {}
 /// JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappedError {
+    /// The status to answer with.
     pub status: u16,
+    /// The JSON error body.
     pub body: Vec<u8>,
 }
 
@@ -125,6 +129,7 @@ pub struct TokenUsage {
     pub prompt_tokens: u64,
     /// Output tokens, reasoning included.
     pub completion_tokens: u64,
+    /// Input plus output.
     pub total_tokens: u64,
     /// Input tokens read from a prompt cache (part of `prompt_tokens`).
     pub cached_tokens: u64,
@@ -305,6 +310,134 @@ mod tests {
         assert_eq!(u.reasoning_tokens, 1);
         assert_eq!(u.usage().total_tokens, 14);
         assert_eq!(u.openai_json()["prompt_tokens_details"]["cached_tokens"], 6);
+    }
+
+    /// Every copy of `v` with one node replaced by a value of another type.
+    fn mutations(v: &Value) -> Vec<Value> {
+        let alternatives = [
+            Value::Null,
+            json!(-5),
+            json!(1e300),
+            json!("s"),
+            json!([]),
+            json!({}),
+            json!(true),
+            json!([{"type": "x"}]),
+        ];
+        let mut out = Vec::new();
+        for alt in &alternatives {
+            out.push(alt.clone());
+        }
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    for mutated in mutations(child) {
+                        let mut copy = v.clone();
+                        copy[k] = mutated;
+                        out.push(copy);
+                    }
+                    let mut without = m.clone();
+                    without.remove(k);
+                    out.push(Value::Object(without));
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    for mutated in mutations(child) {
+                        let mut copy = items.clone();
+                        copy[i] = mutated;
+                        out.push(Value::Array(copy));
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    #[test]
+    fn converters_never_panic_on_mutated_requests_and_answers() {
+        let chat_req = json!({
+            "model": "m", "stream": true, "n": 1, "temperature": 0.5, "top_p": 1, "max_tokens": 5,
+            "stop": ["x"], "parallel_tool_calls": false, "user": "u",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": {"a": {"type": ["string", "null"]}}}}},
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "t"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "r"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+        });
+        for m in mutations(&chat_req) {
+            let _ = anthropic::chat_to_messages(&m, None);
+            let _ = gemini::chat_to_generate(&m, None);
+        }
+        let resp_req = json!({"model": "m", "instructions": "i", "stream": true, "max_output_tokens": 3,
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "t"}, {"type": "input_image", "image_url": "https://x/a.png"}]},
+                      {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                      {"type": "function_call_output", "call_id": "c", "output": "o"}],
+            "tools": [{"type": "function", "name": "f", "parameters": {}}], "tool_choice": {"type": "function", "name": "f"},
+            "text": {"format": {"type": "json_schema", "name": "n", "schema": {}}}, "reasoning": {"effort": "low"}});
+        for m in mutations(&resp_req) {
+            let _ = responses::responses_to_chat(&m);
+            let _ = responses::chat_to_response(
+                &json!({"choices": [{"message": {"content": "x"}}]}),
+                &m,
+            );
+        }
+        let anth_req = json!({"model": "m", "max_tokens": 5, "system": [{"type": "text", "text": "s"}], "stream": true,
+            "stop_sequences": ["x"], "metadata": {"user_id": "u"},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "t"}, {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
+                         {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "r"}], "is_error": true}]}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "f"}});
+        for m in mutations(&anth_req) {
+            let _ = anthropic_inbound::messages_to_chat(&m, None);
+            let _ = anthropic_inbound::count_tokens(&m);
+        }
+        let anth_resp = json!({"id": "i", "type": "message", "model": "m", "stop_reason": "tool_use",
+            "content": [{"type": "text", "text": "t"}, {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}],
+            "usage": {"input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 3}});
+        for m in mutations(&anth_resp) {
+            let _ = anthropic::messages_to_chat_response(&m, "");
+        }
+        let gem_resp = json!({"candidates": [{"index": 0, "finishReason": "STOP", "content": {"parts": [{"text": "t"}, {"functionCall": {"name": "f", "args": {}}}]}}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2}, "promptFeedback": {"blockReason": "SAFETY"}});
+        for m in mutations(&gem_resp) {
+            let _ = gemini::generate_to_chat_response(&m, "");
+            let mut s = gemini::GeminiStream::new("m", true);
+            let _ = s.feed(format!("data: {m}\n\n").as_bytes());
+            let _ = s.finish();
+        }
+        let chat_resp = json!({"model": "m", "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"content": "c", "refusal": "r",
+            "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]}}], "usage": {"prompt_tokens": 1}});
+        for m in mutations(&chat_resp) {
+            let _ = responses::chat_to_response(&m, &json!({}));
+            let _ = anthropic_inbound::chat_to_messages_response(&m, "");
+            let chunk = format!("data: {m}\n\n");
+            let mut r = responses::ResponsesStream::new(&json!({}));
+            let _ = r.feed(chunk.as_bytes());
+            let _ = r.finish();
+            let mut a = anthropic_inbound::ChatToAnthropicStream::new("m", 1);
+            let _ = a.feed(chunk.as_bytes());
+            let _ = a.finish();
+        }
+        let anth_events = [
+            json!({"type": "message_start", "message": {"id": "i", "usage": {"input_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{"}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+            json!({"type": "error", "error": {"type": "x", "message": "m"}}),
+        ];
+        for ev in &anth_events {
+            for m in mutations(ev) {
+                let mut s = anthropic::AnthropicStream::new("m", true);
+                let _ = s.feed(format!("data: {}\n\n", anth_events[0]).as_bytes());
+                let _ = s.feed(format!("data: {m}\n\n").as_bytes());
+                let _ = s.finish();
+            }
+        }
     }
 
     #[test]

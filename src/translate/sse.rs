@@ -41,6 +41,7 @@ pub struct SseParser {
 }
 
 impl SseParser {
+    /// An empty splitter.
     pub fn new() -> Self {
         Self::default()
     }
