@@ -111,6 +111,24 @@ impl std::fmt::Display for TranslateError {
 
 impl std::error::Error for TranslateError {}
 
+impl From<TranslateError> for crate::error::GatewayError {
+    /// A gateway-made, OpenAI-shaped error: 400 `invalid_request_error` with code
+    /// `translation_error` (the field is named in the message), or 502 `backend_error`.
+    fn from(e: TranslateError) -> Self {
+        use crate::error::{ErrorType, GatewayError};
+        if e.status < 500 {
+            GatewayError::new(
+                e.status,
+                ErrorType::InvalidRequest,
+                "translation_error",
+                e.to_string(),
+            )
+        } else {
+            GatewayError::new(e.status, ErrorType::Api, "backend_error", e.to_string())
+        }
+    }
+}
+
 /// A provider's error answer rewritten into the client's dialect: the status to send and the
 /// JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +314,17 @@ mod tests {
         let up = TranslateError::upstream("bad body");
         assert_eq!(up.status, 502);
         assert_eq!(up.error_type(), "api_error");
+    }
+
+    #[test]
+    fn translate_error_becomes_a_gateway_error_naming_the_field() {
+        let g: crate::error::GatewayError =
+            TranslateError::field("tools[0].type", "not supported").into();
+        assert_eq!(g.status, 400);
+        assert_eq!(g.code, "translation_error");
+        assert!(g.message.starts_with("tools[0].type: "));
+        let g: crate::error::GatewayError = TranslateError::upstream("bad").into();
+        assert_eq!((g.status, g.code), (502, "backend_error"));
     }
 
     #[test]
