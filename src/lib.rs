@@ -12,6 +12,7 @@
 //! - [`router`]: model -> ordered candidate backends.
 //! - [`limits`]: lock-free in-flight permits.
 //! - [`error`]: gateway-made, OpenAI-shaped errors.
+//! - [`translate`]: pure OpenAI <-> Anthropic/Gemini/Responses format translation.
 //! - [`mock`]: the mock upstream used by tests and load tests (a test tool, not a product part).
 
 pub mod auth;
@@ -28,5 +29,6 @@ pub mod pricing;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod translate;
 pub mod upstream;
 pub mod usage;

@@ -237,6 +237,19 @@ impl ChunkStream {
 /// The stream terminator event.
 pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 
+/// The OpenAI-shaped error event the `error-event-mid-stream` fault sends in a chat stream.
+pub fn stream_error_event() -> Vec<u8> {
+    let body = error_body(
+        503,
+        "The server is overloaded (mock error mid-stream)",
+        Some("overloaded"),
+    );
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
 /// An embeddings list: one small deterministic vector per input (a string or an array).
 pub fn embeddings(body: &Value, default_model: &str) -> Vec<u8> {
     let model = body

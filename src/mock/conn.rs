@@ -7,7 +7,12 @@
 //!   incremental parsing is exercised; `*-mid-stream` faults strike between the halves.
 //! - SSE: the head alone, then each event in its own write (chunk header, event and CRLF in one
 //!   buffer), the first at once and the rest `delay` apart; the usage chunk, if any, right after
-//!   the last content event; then `data: [DONE]` and the last chunk in one write.
+//!   the last content event; then `data: [DONE]` and the last chunk in one write. Anthropic and
+//!   Gemini streams are written the same way, event by event (their last event and the last
+//!   chunk in one write).
+//! - `error-event-mid-stream`: half the events, then the dialect's error event (OpenAI
+//!   `data: {"error":..}`, Anthropic `event: error`, Gemini `data: {"error":..}`), then a
+//!   proper end of the body; no `[DONE]`.
 //! - Closing is graceful (FIN, then a short drain of whatever the client still sends, so unread
 //!   request bytes cannot turn our close into a RST that destroys the answer in flight), except
 //!   for the `reset-*` faults, which close with SO_LINGER 0 to send a RST on purpose.
@@ -24,7 +29,7 @@ use monoio::net::TcpStream;
 use serde_json::Value;
 
 use super::api::{self, ChunkStream, DONE_EVENT};
-use super::Shared;
+use super::{anthropic, gemini, Shared};
 use crate::http::chunked::{write_chunk_header, LAST_CHUNK};
 use crate::http::io::{read_append_timeout, write_all_timeout};
 use crate::http::limits::{
@@ -64,6 +69,9 @@ pub enum Fault {
     StallMidStream,
     /// Send the head and half the body (or events), then a clean FIN.
     CloseMidStream,
+    /// Streams: half the events, then an error event in the API's own dialect, then the end
+    /// of the body (the connection stays usable). Whole answers are unaffected.
+    ErrorEventMidStream,
 }
 
 impl FromStr for Fault {
@@ -78,6 +86,7 @@ impl FromStr for Fault {
             "reset-mid-stream" => Fault::ResetMidStream,
             "stall-mid-stream" => Fault::StallMidStream,
             "close-mid-stream" => Fault::CloseMidStream,
+            "error-event-mid-stream" => Fault::ErrorEventMidStream,
             other => return Err(format!("unknown mock fault {other:?}")),
         })
     }
@@ -318,9 +327,84 @@ struct Reply {
 
 enum Payload {
     Json(Bytes),
-    Sse(ChunkStream),
+    Sse(SseBody),
     /// 204 and 304 carry no body.
     None,
+}
+
+/// A streamed answer.
+enum SseBody {
+    /// OpenAI chat chunks (built lazily: load tests ask for many).
+    Chat(ChunkStream),
+    /// Pre-built events (Anthropic, Gemini) and the error event of `error-event-mid-stream`.
+    Events {
+        events: Vec<Vec<u8>>,
+        error: Vec<u8>,
+    },
+}
+
+impl SseBody {
+    /// Number of content events (the ones mid-stream faults cut in half).
+    fn content_len(&self) -> u32 {
+        match self {
+            SseBody::Chat(s) => s.events,
+            SseBody::Events { events, .. } => u32::try_from(events.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn content(&self, i: u32) -> Vec<u8> {
+        match self {
+            SseBody::Chat(s) => s.event(i),
+            SseBody::Events { events, .. } => events.get(i as usize).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The events after the content: the usage chunk and `[DONE]` for chat.
+    fn tail(&self) -> Vec<Vec<u8>> {
+        match self {
+            SseBody::Chat(s) => s
+                .usage_event()
+                .into_iter()
+                .chain([DONE_EVENT.to_vec()])
+                .collect(),
+            SseBody::Events { .. } => Vec::new(),
+        }
+    }
+
+    fn error_event(&self) -> Vec<u8> {
+        match self {
+            SseBody::Chat(_) => api::stream_error_event(),
+            SseBody::Events { error, .. } => error.clone(),
+        }
+    }
+}
+
+/// Which API's error shape an answer uses (for `x-mock-status` and route errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Dialect {
+    fn of_path(path: &str) -> Dialect {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
+        } else if path.starts_with("/v1beta/") {
+            Dialect::Gemini
+        } else {
+            Dialect::OpenAi
+        }
+    }
+
+    fn error(self, status: u16, message: &str) -> Reply {
+        match self {
+            Dialect::OpenAi => Reply::error(status, message, None),
+            Dialect::Anthropic => Reply::json(status, anthropic::error_body(status, message)),
+            Dialect::Gemini => Reply::json(status, gemini::error_body(status, message)),
+        }
+    }
 }
 
 impl Reply {
@@ -417,7 +501,7 @@ async fn exchange<S: AsyncReadRent + AsyncWriteRent>(
                 extra: Vec::new(),
             }
         } else {
-            Reply::error(status, format!("mock status {status}"), None)
+            Dialect::of_path(head.path()).error(status, &format!("mock status {status}"))
         };
     }
     if let Some(s) = &knobs.retry_after {
@@ -450,12 +534,14 @@ async fn exchange<S: AsyncReadRent + AsyncWriteRent>(
         Payload::Json(b) => Out::Length(b.len()),
     };
     let mid_fault = fault.filter(|f| f.is_mid_stream());
+    let error_mid = fault == Some(Fault::ErrorEventMidStream);
     let keep_alive = head.keep_alive && framing != Out::Close && mid_fault.is_none();
     let with_body = head.method != Method::Head;
     let ctx = WriteCtx {
         framing,
         slow: fault == Some(Fault::SlowHeaders),
         mid_fault,
+        error_mid,
         with_body,
         gap: knobs.delay,
     };
@@ -513,13 +599,13 @@ fn route(
             let reply = if req.stream {
                 Reply {
                     status: 200,
-                    body: Payload::Sse(ChunkStream::new(
+                    body: Payload::Sse(SseBody::Chat(ChunkStream::new(
                         &cid,
                         created,
                         &req,
                         knobs.events,
                         knobs.size,
-                    )),
+                    ))),
                     extra: Vec::new(),
                 }
             } else {
@@ -543,6 +629,10 @@ fn route(
                 Reply::json(200, api::embeddings(&json, default_model)),
                 fault,
             )
+        }
+        "/v1/messages" if head.method == Method::Post => anthropic_route(head, body, knobs, id),
+        _ if path.starts_with("/v1beta/models/") && head.method == Method::Post => {
+            gemini_route(head, body, knobs, id)
         }
         "/v1/responses" => (
             Reply::error(
@@ -571,6 +661,112 @@ fn route(
             }
         },
     }
+}
+
+/// `POST /v1/messages`: the Anthropic Messages API. Like the real one it wants `x-api-key`
+/// and `anthropic-version`, and answers errors in its own shape.
+fn anthropic_route(
+    head: &RequestHead,
+    body: &[u8],
+    knobs: &Knobs,
+    id: u64,
+) -> (Reply, Option<Fault>) {
+    let err = |status: u16, msg: &str| (Dialect::Anthropic.error(status, msg), None);
+    if head.fields.get("x-api-key").is_none_or(<[u8]>::is_empty) {
+        return err(401, "x-api-key header is required");
+    }
+    if head.fields.get("anthropic-version").is_none() {
+        return err(400, "anthropic-version: header is required");
+    }
+    let json: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return err(400, &format!("invalid JSON body: {e}")),
+    };
+    let fault = match model_fault(&json) {
+        Ok(f) => f,
+        Err(why) => return err(400, &why),
+    };
+    let req = match anthropic::messages_request(&json) {
+        Ok(r) => r,
+        Err(why) => return err(400, &why),
+    };
+    let mid = format!("msg_mock_{id}");
+    let reply = if req.stream {
+        Reply {
+            status: 200,
+            body: Payload::Sse(SseBody::Events {
+                events: anthropic::stream_events(&mid, &req, knobs.events),
+                error: anthropic::error_event(),
+            }),
+            extra: Vec::new(),
+        }
+    } else {
+        Reply::json(200, anthropic::message(&mid, &req, knobs.events))
+    };
+    (reply, fault)
+}
+
+/// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (SSE with
+/// `?alt=sse`, else a JSON array of chunks). The key comes in `x-goog-api-key` or `?key=`.
+fn gemini_route(head: &RequestHead, body: &[u8], knobs: &Knobs, id: u64) -> (Reply, Option<Fault>) {
+    let err = |status: u16, msg: &str| (Dialect::Gemini.error(status, msg), None);
+    let Some((model, method)) = gemini::parse_path(head.path()) else {
+        return err(404, "Requested entity was not found.");
+    };
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => return err(404, &format!("Method {method} is not found.")),
+    };
+    let query = head.query().unwrap_or("");
+    let alt_sse = query.split('&').any(|p| p == "alt=sse");
+    let key_in_query = query
+        .split('&')
+        .any(|p| p.strip_prefix("key=").is_some_and(|k| !k.is_empty()));
+    let key_in_header = head
+        .fields
+        .get("x-goog-api-key")
+        .is_some_and(|k| !k.is_empty());
+    if !key_in_query && !key_in_header {
+        return err(
+            403,
+            "Method doesn't allow unregistered callers (callers without established identity). \
+             Please use API Key or other form of API consumer identity to call this API.",
+        );
+    }
+    let fault = match model.strip_prefix("mock-fault-").map(str::parse::<Fault>) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(why)) => return err(400, &why),
+        None => None,
+    };
+    let json: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return err(400, &format!("Invalid JSON payload received. {e}")),
+    };
+    let req = match gemini::generate_request(model, &json) {
+        Ok(r) => r,
+        Err(why) => return err(400, &why),
+    };
+    let rid = format!("mock-resp-{id}");
+    let reply = if stream && alt_sse {
+        Reply {
+            status: 200,
+            body: Payload::Sse(SseBody::Events {
+                events: gemini::stream_chunks(&rid, &req, knobs.events)
+                    .iter()
+                    .map(gemini::sse_event)
+                    .collect(),
+                error: gemini::error_event(),
+            }),
+            extra: Vec::new(),
+        }
+    } else if stream {
+        let chunks = Value::Array(gemini::stream_chunks(&rid, &req, knobs.events));
+        Reply::json(200, chunks.to_string())
+    } else {
+        Reply::json(200, gemini::response(&rid, &req, knobs.events))
+    };
+    (reply, fault)
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Reply> {
@@ -640,6 +836,8 @@ struct WriteCtx {
     slow: bool,
     /// Stop after half the body and leave the rest to this fault.
     mid_fault: Option<Fault>,
+    /// Streams: half the events, the error event, the end of the body.
+    error_mid: bool,
     /// False for HEAD requests.
     with_body: bool,
     /// Gap between SSE events.
@@ -718,7 +916,7 @@ async fn write_json<S: AsyncWriteRent>(
 async fn write_sse<S: AsyncWriteRent>(
     io: &mut S,
     head: BytesMut,
-    stream: &ChunkStream,
+    stream: &SseBody,
     ctx: &WriteCtx,
 ) -> io::Result<()> {
     write_head(io, head, ctx.slow).await?;
@@ -735,28 +933,38 @@ async fn write_sse<S: AsyncWriteRent>(
         }
         out
     };
-    let content_events = if ctx.mid_fault.is_some() {
-        stream.events / 2
+    let cut = ctx.mid_fault.is_some() || ctx.error_mid;
+    let content_events = if cut {
+        stream.content_len() / 2
     } else {
-        stream.events
+        stream.content_len()
     };
     for i in 0..content_events {
         if i > 0 && !ctx.gap.is_zero() {
             monoio::time::sleep(ctx.gap).await;
         }
-        put(io, frame(&stream.event(i))).await?;
+        put(io, frame(&stream.content(i))).await?;
     }
     if ctx.mid_fault.is_some() {
         return Ok(());
     }
-    if let Some(usage) = stream.usage_event() {
-        put(io, frame(&usage)).await?;
+    let tail = if ctx.error_mid {
+        vec![stream.error_event()]
+    } else {
+        stream.tail()
+    };
+    let last = tail.len().checked_sub(1);
+    for (k, event) in tail.iter().enumerate() {
+        let mut out = frame(event);
+        if chunked && Some(k) == last {
+            out.put_slice(LAST_CHUNK);
+        }
+        put(io, out).await?;
     }
-    let mut done = frame(DONE_EVENT);
-    if chunked {
-        done.put_slice(LAST_CHUNK);
+    if chunked && last.is_none() {
+        put(io, Bytes::from_static(LAST_CHUNK)).await?;
     }
-    put(io, done).await
+    Ok(())
 }
 
 /// Answer without knobs (errors, stats): Content-Length, one write.
@@ -836,6 +1044,11 @@ mod tests {
         );
         assert!("explode".parse::<Fault>().is_err());
         assert!(Fault::ResetMidStream.is_mid_stream());
+        assert_eq!(
+            "error-event-mid-stream".parse::<Fault>(),
+            Ok(Fault::ErrorEventMidStream)
+        );
+        assert!(!Fault::ErrorEventMidStream.is_mid_stream());
         assert!(!Fault::SlowHeaders.is_mid_stream());
     }
 

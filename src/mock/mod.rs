@@ -9,11 +9,15 @@
 //! one; see [`USAGE`] for the full list and [`conn`] for the wire behaviour.
 //!
 //! - [`api`]: the OpenAI-shaped bodies.
+//! - [`anthropic`]: the Anthropic Messages bodies and events (`POST /v1/messages`).
+//! - [`gemini`]: the Gemini `generateContent` bodies and chunks.
 //! - [`conn`]: one connection: read requests, route, answer, inject faults.
 //! - [`tls`]: the rustls server config for `--tls-cert/--tls-key`.
 
+pub mod anthropic;
 pub mod api;
 pub mod conn;
+pub mod gemini;
 pub mod tls;
 
 use std::io::{self, Write as _};
@@ -42,10 +46,18 @@ Prints `mock-upstream listening on http(s)://IP:PORT` on stdout once it accepts.
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions (stream or not),
 POST /v1/embeddings, /v1/responses (404), ANY /echo and /v1/echo (what was received, as JSON),
 GET /mock/stats ({\"requests\",\"connections\",\"open_connections\"}).
+Anthropic: POST /v1/messages (needs x-api-key and anthropic-version; stream or not; a
+tool_use block when the request has tools; errors Anthropic-shaped).
+Gemini: POST /v1beta/models/{model}:generateContent and :streamGenerateContent (?alt=sse for
+SSE, else a JSON array; needs x-goog-api-key or ?key=; a functionCall part when the request
+declares functions; errors Google-shaped).
+Content is deterministic: `tok0 tok1 ...`, one word per streamed event.
 Per-request headers: x-mock-status, x-mock-retry-after, x-mock-events, x-mock-delay-ms,
 x-mock-size, x-mock-header-delay-ms, x-mock-chunked: 1, x-mock-close-delimited: 1,
 x-mock-fault: close-before-headers|reset-before-headers|slow-headers|stall|
-reset-mid-stream|stall-mid-stream|close-mid-stream (or model `mock-fault-<fault>`).";
+reset-mid-stream|stall-mid-stream|close-mid-stream|error-event-mid-stream
+(or model `mock-fault-<fault>`; error-event-mid-stream: half the events, then the API's own
+error event, then a proper end of the body).";
 
 /// Everything the command line sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
