@@ -12,6 +12,9 @@
 //! - [`router`]: model -> ordered candidate backends.
 //! - [`limits`]: lock-free in-flight permits.
 //! - [`error`]: gateway-made, OpenAI-shaped errors.
+//! - [`metrics`]: per-core counters summed at scrape time; Prometheus and JSON output.
+//! - [`log`]: startup/error lines, the access log, its non-blocking sink, secret redaction.
+//! - [`otel`]: W3C trace context and OTLP/HTTP span export off the data-plane cores.
 //! - [`mock`]: the mock upstream used by tests and load tests (a test tool, not a product part).
 
 pub mod auth;
@@ -22,8 +25,10 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod mock;
 pub mod net;
+pub mod otel;
 pub mod proxy;
 pub mod router;
 pub mod server;
