@@ -813,6 +813,78 @@ pub(crate) mod tests {
         assert_eq!(v["overhead_us"]["p50_le"], 50);
     }
 
+    /// Every `ditto_gateway_*` name in `text`, histogram suffixes folded to their family.
+    fn metric_names(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("ditto_gateway_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| FAMILIES.iter().any(|x| x.name == *f && x.kind == Kind::Histogram))
+                .unwrap_or(name);
+            out.push(family.to_string());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn dashboards_use_only_metrics_that_exist() {
+        let dash = include_str!("../../dashboards/grafana-ditto-gateway.json");
+        let v: serde_json::Value = serde_json::from_str(dash).expect("dashboard is JSON");
+        assert_eq!(v["uid"], "ditto-gateway");
+        let panels = v["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10);
+        let alerts = include_str!("../../dashboards/prometheus-alerts.yml");
+        for (file, text) in [("dashboard", dash), ("alerts", alerts)] {
+            let names = metric_names(text);
+            assert!(!names.is_empty());
+            for n in names {
+                assert!(
+                    FAMILIES.iter().any(|f| f.name == n),
+                    "{file} uses unknown metric {n}"
+                );
+            }
+        }
+        for want in [
+            "ditto_gateway_requests_total",
+            "ditto_gateway_ttfb_seconds",
+            "ditto_gateway_upstream_connections_reused_total",
+            "ditto_gateway_cost_usd_total",
+            "ditto_gateway_rejected_total",
+            "ditto_gateway_backend_in_flight",
+        ] {
+            assert!(dash.contains(want), "dashboard lacks {want}");
+        }
+    }
+
+    #[cfg(feature = "gateway-config-yaml")]
+    #[test]
+    fn alert_rules_are_well_formed() {
+        let text = include_str!("../../dashboards/prometheus-alerts.yml");
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).expect("YAML");
+        let rules = v["groups"][0]["rules"].as_sequence().expect("rules");
+        let mut names = Vec::new();
+        for r in rules {
+            let name = r["alert"].as_str().expect("alert name");
+            let expr = r["expr"].as_str().expect("expr");
+            assert!(!expr.trim().is_empty());
+            assert_eq!(expr.matches('(').count(), expr.matches(')').count(), "{name}");
+            assert!(r["labels"]["severity"].as_str().is_some(), "{name}");
+            assert!(r["annotations"]["summary"].as_str().is_some(), "{name}");
+            names.push(name.to_string());
+        }
+        for want in ["5xx", "Overhead", "Budget", "LogDrops", "BackendDown"] {
+            assert!(names.iter().any(|n| n.contains(want)), "no {want} alert");
+        }
+    }
+
     #[test]
     fn an_empty_registry_renders() {
         let reg = Registry::new(Vec::<String>::new(), LabelCaps::default());
