@@ -53,7 +53,13 @@ fn per_request(c: &mut Criterion) {
             m.backend_response(0, BackendOutcome::Status(200), black_box(750));
             drop(guard);
             m.pool_idle(0, 4);
-            m.usage(Some("team-a"), black_box("gpt-4o-mini"), 12, 34, 123_450_000);
+            m.usage(
+                Some("team-a"),
+                black_box("gpt-4o-mini"),
+                12,
+                34,
+                123_450_000,
+            );
             m.request_finished(&RequestDone {
                 endpoint: Endpoint::ChatCompletions,
                 status: 200,

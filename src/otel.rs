@@ -284,7 +284,10 @@ fn encode_span(s: &SpanRecord, out: &mut String) {
     }
     out.push(']');
     if r.status >= 500 {
-        let _ = write!(out, ",\"status\":{{\"code\":{STATUS_CODE_ERROR},\"message\":");
+        let _ = write!(
+            out,
+            ",\"status\":{{\"code\":{STATUS_CODE_ERROR},\"message\":"
+        );
         let msg = match &error {
             Some(e) => e.to_string(),
             None => format!("HTTP {}", r.status),
@@ -373,10 +376,12 @@ mod export {
     /// `<endpoint>/v1/traces` (kept as is when the endpoint already names it). Only `http` and
     /// `https` endpoints are accepted.
     pub fn traces_url(endpoint: &str) -> Result<String, String> {
-        let u = url::Url::parse(endpoint)
-            .map_err(|e| format!("--otel-endpoint {endpoint:?}: {e}"))?;
+        let u =
+            url::Url::parse(endpoint).map_err(|e| format!("--otel-endpoint {endpoint:?}: {e}"))?;
         if !matches!(u.scheme(), "http" | "https") {
-            return Err(format!("--otel-endpoint {endpoint:?}: scheme must be http or https"));
+            return Err(format!(
+                "--otel-endpoint {endpoint:?}: scheme must be http or https"
+            ));
         }
         let base = endpoint.trim_end_matches('/');
         Ok(if base.ends_with("/v1/traces") {
@@ -558,7 +563,8 @@ mod export {
                 let due = oldest.is_some_and(|t| t.elapsed() >= self.config.batch_interval);
                 if !batch.is_empty() && (due || finished) {
                     if finished && !ok {
-                        self.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        self.dropped
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         batch.clear();
                     } else {
                         self.post(&agent, &mut batch, &mut body);
@@ -574,7 +580,12 @@ mod export {
 
         /// POST one batch. A failed batch is dropped and counted, not retried: traces are
         /// best effort, and a retry queue would only grow while the collector is down.
-        fn post(&self, agent: &ureq::Agent, batch: &mut Vec<SpanRecord>, body: &mut String) -> bool {
+        fn post(
+            &self,
+            agent: &ureq::Agent,
+            batch: &mut Vec<SpanRecord>,
+            body: &mut String,
+        ) -> bool {
             body.clear();
             encode_otlp_json(batch, body);
             let n = batch.len() as u64;
@@ -614,8 +625,14 @@ mod tests {
         assert_eq!(tp.trace_id[0], 0x4b);
         assert_eq!(tp.parent_id[7], 0xb7);
         assert_eq!(tp.flags, 1);
-        assert!(parse_traceparent(b" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ").is_some());
-        assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some());
+        assert!(
+            parse_traceparent(b" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ")
+                .is_some()
+        );
+        assert!(parse_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        )
+        .is_some());
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 must be exact
@@ -638,11 +655,17 @@ mod tests {
         let ids = IdGen::with_seed(7);
         let joined = TraceContext::start(Some(VALID.as_bytes()), &ids);
         assert_eq!(push(&joined.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(joined.parent_span_id.map(|p| push(&p)), Some("00f067aa0ba902b7".into()));
+        assert_eq!(
+            joined.parent_span_id.map(|p| push(&p)),
+            Some("00f067aa0ba902b7".into())
+        );
         let out = joined.traceparent();
         assert_eq!(out.len(), 55);
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(!out.contains("00f067aa0ba902b7"), "our span is the parent upstream");
+        assert!(
+            !out.contains("00f067aa0ba902b7"),
+            "our span is the parent upstream"
+        );
         let back = parse_traceparent(out.as_bytes()).expect("our header is valid");
         assert_eq!(back.parent_id, joined.span_id);
 
@@ -699,10 +722,16 @@ mod tests {
     fn otlp_json_has_the_expected_shape() {
         let mut body = String::new();
         encode_otlp_json(&[span(200), span(504)], &mut body);
-        assert!(!body.contains("abcdefghijklmnopq"), "secret in span: {body}");
+        assert!(
+            !body.contains("abcdefghijklmnopq"),
+            "secret in span: {body}"
+        );
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         let rs = &v["resourceSpans"][0];
-        assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "ditto-gateway");
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "ditto-gateway"
+        );
         let spans = rs["scopeSpans"][0]["spans"].as_array().expect("spans");
         assert_eq!(spans.len(), 2);
         let s = &spans[0];
@@ -714,18 +743,42 @@ mod tests {
         assert_eq!(s["kind"], 2);
         assert_eq!(s["startTimeUnixNano"], "1700000000000000000");
         assert_eq!(s["endTimeUnixNano"], "1700000000001500000");
-        assert_eq!(attr(s, "http.response.status_code").map(|v| &v["intValue"]), Some(&"200".into()));
-        assert_eq!(attr(s, "url.path").map(|v| &v["stringValue"]), Some(&"/v1/chat/completions".into()));
-        assert_eq!(attr(s, "url.query").map(|v| &v["stringValue"]), Some(&"key=[REDACTED]".into()));
-        assert_eq!(attr(s, "ditto.key_id").map(|v| &v["stringValue"]), Some(&"team-a".into()));
-        assert_eq!(attr(s, "gen_ai.usage.input_tokens").map(|v| &v["intValue"]), Some(&"3".into()));
-        assert_eq!(attr(s, "ditto.stream").map(|v| &v["boolValue"]), Some(&true.into()));
-        assert_eq!(attr(s, "ditto.cost_usd").and_then(|v| v["doubleValue"].as_f64()), Some(0.000005));
+        assert_eq!(
+            attr(s, "http.response.status_code").map(|v| &v["intValue"]),
+            Some(&"200".into())
+        );
+        assert_eq!(
+            attr(s, "url.path").map(|v| &v["stringValue"]),
+            Some(&"/v1/chat/completions".into())
+        );
+        assert_eq!(
+            attr(s, "url.query").map(|v| &v["stringValue"]),
+            Some(&"key=[REDACTED]".into())
+        );
+        assert_eq!(
+            attr(s, "ditto.key_id").map(|v| &v["stringValue"]),
+            Some(&"team-a".into())
+        );
+        assert_eq!(
+            attr(s, "gen_ai.usage.input_tokens").map(|v| &v["intValue"]),
+            Some(&"3".into())
+        );
+        assert_eq!(
+            attr(s, "ditto.stream").map(|v| &v["boolValue"]),
+            Some(&true.into())
+        );
+        assert_eq!(
+            attr(s, "ditto.cost_usd").and_then(|v| v["doubleValue"].as_f64()),
+            Some(0.000005)
+        );
         assert!(s.get("status").is_none(), "2xx leaves the status unset");
         let e = &spans[1];
         assert_eq!(e["status"]["code"], 2);
         assert_eq!(e["status"]["message"], "backend_timeout");
-        assert_eq!(attr(e, "error.type").map(|v| &v["stringValue"]), Some(&"backend_timeout".into()));
+        assert_eq!(
+            attr(e, "error.type").map(|v| &v["stringValue"]),
+            Some(&"backend_timeout".into())
+        );
     }
 
     #[cfg(feature = "gateway-otel")]
@@ -760,7 +813,10 @@ mod tests {
                 let mut body = vec![0; len];
                 let _ = r.read_exact(&mut body);
                 let mut s = r.into_inner();
-                let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}");
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
                 let _ = tx.send((head, String::from_utf8_lossy(&body).into_owned()));
             });
             (format!("http://{addr}"), rx)
@@ -783,7 +839,9 @@ mod tests {
             assert!(s.send(span(502)));
             let (head, body) = got.recv_timeout(Duration::from_secs(10)).expect("a POST");
             assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
-            assert!(head.to_ascii_lowercase().contains("content-type: application/json"));
+            assert!(head
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"));
             let v: serde_json::Value = serde_json::from_str(&body).expect("json body");
             let spans = &v["resourceSpans"][0]["scopeSpans"][0]["spans"];
             assert_eq!(spans.as_array().map(Vec::len), Some(2));
@@ -807,9 +865,18 @@ mod tests {
 
         #[test]
         fn endpoints_become_trace_urls() {
-            assert_eq!(traces_url(DEFAULT_ENDPOINT).as_deref(), Ok("http://127.0.0.1:4318/v1/traces"));
-            assert_eq!(traces_url("https://otel.example/").as_deref(), Ok("https://otel.example/v1/traces"));
-            assert_eq!(traces_url("http://c:4318/v1/traces").as_deref(), Ok("http://c:4318/v1/traces"));
+            assert_eq!(
+                traces_url(DEFAULT_ENDPOINT).as_deref(),
+                Ok("http://127.0.0.1:4318/v1/traces")
+            );
+            assert_eq!(
+                traces_url("https://otel.example/").as_deref(),
+                Ok("https://otel.example/v1/traces")
+            );
+            assert_eq!(
+                traces_url("http://c:4318/v1/traces").as_deref(),
+                Ok("http://c:4318/v1/traces")
+            );
             assert!(traces_url("grpc://c:4317").is_err());
             assert!(traces_url("not a url").is_err());
         }

@@ -332,9 +332,14 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(" model=\"\" "), "{line}");
-        assert!(line.contains(" status=200 stream=true bytes_in=95 bytes_out=4096 duration_us=812345"));
+        assert!(
+            line.contains(" status=200 stream=true bytes_in=95 bytes_out=4096 duration_us=812345")
+        );
         assert!(line.contains(" cost_usd=0.00012345"));
-        assert!(line.ends_with(" error=\"upstream said: bad \\\"thing\\\"\"\n"), "{line}");
+        assert!(
+            line.ends_with(" error=\"upstream said: bad \\\"thing\\\"\"\n"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ fn is_word_byte(b: u8) -> bool {
 
 /// Whether a parameter or field name sounds like it holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
-    let n = name.trim_matches(|c: char| c == '"' || c == '\'').to_ascii_lowercase();
+    let n = name
+        .trim_matches(|c: char| c == '"' || c == '\'')
+        .to_ascii_lowercase();
     const PARTS: &[&str] = &[
         "key",
         "token",
@@ -284,13 +286,16 @@ pub(crate) mod tests {
                 "/v1beta/models/gemini:generateContent?alt=sse&key=abc",
                 "/v1beta/models/gemini:generateContent?alt=sse&key=[REDACTED]",
             ),
-            ("/x?api_key=1&token=2&limit=5", "/x?api_key=[REDACTED]&token=[REDACTED]&limit=5"),
-            ("/x?API%5FKEY=1", "/x?API%5FKEY=[REDACTED]"),
-            ("/x?access_token=eyJabc&sig=zz", "/x?access_token=[REDACTED]&sig=[REDACTED]"),
             (
-                "/x?q=Bearer sk-abcdefghijklmnop",
-                "/x?q=Bearer [REDACTED]",
+                "/x?api_key=1&token=2&limit=5",
+                "/x?api_key=[REDACTED]&token=[REDACTED]&limit=5",
             ),
+            ("/x?API%5FKEY=1", "/x?API%5FKEY=[REDACTED]"),
+            (
+                "/x?access_token=eyJabc&sig=zz",
+                "/x?access_token=[REDACTED]&sig=[REDACTED]",
+            ),
+            ("/x?q=Bearer sk-abcdefghijklmnop", "/x?q=Bearer [REDACTED]"),
             ("/v1/keys/sk-abcdefghijklmnop", "/v1/keys/[REDACTED]"),
         ];
         for (input, want) in cases {
@@ -303,5 +308,30 @@ pub(crate) mod tests {
         assert!(matches!(redact_query("/x?key="), Cow::Borrowed(_)));
         assert_eq!(percent_decode_lossy("a%5"), "a%5");
         assert_eq!(percent_decode_lossy("%zz+%41"), "%zz A");
+    }
+}
+
+#[cfg(test)]
+mod unicode {
+    use super::*;
+
+    #[test]
+    fn multibyte_text_never_panics_and_keeps_its_characters() {
+        for text in [
+            "ключ sk-abcdefghijklmnop конец",
+            "é/sk-abcdefghijklmnop/ü?key=ñ&q=日本",
+            "Bearer\u{a0}token-after-nbsp",
+            "🔑=sk-abcdefghijklmnop",
+            "\u{0}\u{7f}key:\u{200b}x",
+        ] {
+            let r = redact_secrets(text);
+            let q = redact_query(text);
+            assert!(!r.contains("abcdefghijklmnop") && !q.contains("abcdefghijklmnop"));
+            for c in ["ключ", "конец", "日本", "🔑"] {
+                if text.contains(c) {
+                    assert!(q.contains(c), "{c} lost from {q}");
+                }
+            }
+        }
     }
 }

@@ -103,9 +103,7 @@ impl LogSink {
             let (dropped, written, stop) = (dropped.clone(), written.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("ditto-access-log".into())
-                .spawn(move || {
-                    write_loop(rx, writer, format, poll, &stop, &written, &dropped)
-                })?
+                .spawn(move || write_loop(rx, writer, format, poll, &stop, &written, &dropped))?
         };
         Ok(LogSink {
             tx: Some(tx),
@@ -268,8 +266,13 @@ mod tests {
     #[test]
     fn lines_from_many_threads_arrive_whole_and_redacted() {
         let buf = Shared::default();
-        let sink = LogSink::with_writer(buf.clone(), LogFormat::Json, 10_000, Duration::from_millis(1))
-            .expect("sink");
+        let sink = LogSink::with_writer(
+            buf.clone(),
+            LogFormat::Json,
+            10_000,
+            Duration::from_millis(1),
+        )
+        .expect("sink");
         let senders: Vec<_> = (0..4).map(|_| sink.sender()).collect();
         let threads: Vec<_> = senders
             .into_iter()
@@ -302,12 +305,20 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
         let (release, stalled) = flume::unbounded();
-        let sink = LogSink::with_writer(Stalled(stalled), LogFormat::Text, 8, Duration::from_millis(1))
-            .expect("sink");
+        let sink = LogSink::with_writer(
+            Stalled(stalled),
+            LogFormat::Text,
+            8,
+            Duration::from_millis(1),
+        )
+        .expect("sink");
         let s = sink.sender();
         let started = std::time::Instant::now();
         let accepted = (0..1000).filter(|&i| s.send(record(i))).count();
-        assert!(started.elapsed() < Duration::from_secs(1), "send never blocks");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "send never blocks"
+        );
         // The writer holds what it drained before stalling, plus a full queue; the rest drop.
         assert!(accepted < 1000, "accepted {accepted}");
         assert_eq!(sink.dropped(), 1000 - accepted as u64);

@@ -34,6 +34,7 @@ mod core;
 pub mod overhead;
 mod registry;
 mod render;
+pub mod text_format;
 
 pub use self::core::{CoreMetrics, CoreSlot, InFlight, RequestDone};
 pub use self::registry::{
@@ -64,15 +65,19 @@ impl Cell64 {
     /// Add `n` (wrapping; a counter wrapping after 2^64 events is not a practical concern).
     #[inline]
     pub(crate) fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Subtract `n` (wrapping; gauges are read back as `i64`).
     #[inline]
     pub(crate) fn sub(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Overwrite the value (gauges set from a count the owner knows).

@@ -258,7 +258,8 @@ impl Registry {
                 })
                 .collect();
         }
-        s.usage.sort_by(|a, b| (&a.key, &a.model).cmp(&(&b.key, &b.model)));
+        s.usage
+            .sort_by(|a, b| (&a.key, &a.model).cmp(&(&b.key, &b.model)));
         s.external = lock(&self.external)
             .iter()
             .map(|e| (e.name, e.help, e.value.load(Ordering::Relaxed)))
@@ -456,7 +457,12 @@ mod tests {
         assert_eq!(s.backends.len(), 2, "no overflow backend when unused");
         let u = s.usage_of("k1", "gpt-4o").expect("usage series");
         assert_eq!(
-            (u.requests, u.prompt_tokens, u.completion_tokens, u.cost_pico_usd),
+            (
+                u.requests,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cost_pico_usd
+            ),
             (4000, 40_000, 20_000, 4_000_000_000)
         );
     }
@@ -482,7 +488,10 @@ mod tests {
         let keys: AHashSet<_> = s.usage.iter().map(|u| u.key.as_str()).collect();
         let models: AHashSet<_> = s.usage.iter().map(|u| u.model.as_str()).collect();
         assert!(keys.len() <= 3 && keys.contains(OVERFLOW_LABEL), "{keys:?}");
-        assert!(models.len() <= 4 && models.contains(OVERFLOW_LABEL), "{models:?}");
+        assert!(
+            models.len() <= 4 && models.contains(OVERFLOW_LABEL),
+            "{models:?}"
+        );
         assert!(s.usage.len() <= 5, "pair cap + overflow: {:?}", s.usage);
         let total: u64 = s.usage.iter().map(|u| u.requests).sum();
         assert_eq!(total, 26, "nothing is lost, only folded");

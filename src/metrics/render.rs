@@ -110,7 +110,11 @@ pub fn prometheus_from(s: &Snapshot) -> String {
                 for (e, row) in Endpoint::ALL.iter().zip(&s.requests) {
                     for (m, &n) in MethodClass::ALL.iter().zip(row) {
                         if n > 0 {
-                            w.sample(f.name, &[("endpoint", e.as_str()), ("method", m.as_str())], n);
+                            w.sample(
+                                f.name,
+                                &[("endpoint", e.as_str()), ("method", m.as_str())],
+                                n,
+                            );
                         }
                     }
                 }
@@ -226,8 +230,15 @@ pub fn prometheus_from(s: &Snapshot) -> String {
             "ditto_gateway_tokens_total" => {
                 w.head(f);
                 for u in &s.usage {
-                    for (kind, n) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
-                        w.sample(f.name, &[("key", &u.key), ("model", &u.model), ("kind", kind)], n);
+                    for (kind, n) in [
+                        ("prompt", u.prompt_tokens),
+                        ("completion", u.completion_tokens),
+                    ] {
+                        w.sample(
+                            f.name,
+                            &[("key", &u.key), ("model", &u.model), ("kind", kind)],
+                            n,
+                        );
                     }
                 }
             }
@@ -499,147 +510,12 @@ fn hist_json(h: &HistTotals) -> serde_json::Value {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
+
+    use crate::metrics::text_format::{parse, value};
 
     use super::*;
     use crate::metrics::{LabelCaps, RequestDone};
-
-    /// One parsed sample line.
-    #[derive(Debug, Clone, PartialEq)]
-    pub(crate) struct Sample {
-        pub name: String,
-        pub labels: BTreeMap<String, String>,
-        pub value: f64,
-    }
-
-    /// A strict little parser of text format 0.0.4: returns the samples and each family's
-    /// TYPE, and fails on anything malformed (a sample before its TYPE, a duplicate TYPE, a bad
-    /// escape, an unparsable value).
-    pub(crate) fn parse(text: &str) -> Result<(Vec<Sample>, HashMap<String, String>), String> {
-        let mut types: HashMap<String, String> = HashMap::new();
-        let mut helps: HashMap<String, String> = HashMap::new();
-        let mut samples = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let err = |m: &str| format!("line {}: {m}: {line}", n + 1);
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# HELP ") {
-                let (name, help) = rest.split_once(' ').ok_or_else(|| err("HELP"))?;
-                if helps.insert(name.into(), help.into()).is_some() {
-                    return Err(err("duplicate HELP"));
-                }
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, ty) = rest.split_once(' ').ok_or_else(|| err("TYPE"))?;
-                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty) {
-                    return Err(err("unknown type"));
-                }
-                if types.insert(name.into(), ty.into()).is_some() {
-                    return Err(err("duplicate TYPE"));
-                }
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            let name_end = line
-                .find(['{', ' '])
-                .ok_or_else(|| err("no value"))?;
-            let name = &line[..name_end];
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            {
-                return Err(err("bad name"));
-            }
-            let mut rest = &line[name_end..];
-            let mut labels = BTreeMap::new();
-            if let Some(r) = rest.strip_prefix('{') {
-                let mut chars = r.char_indices().peekable();
-                let mut consumed = None;
-                loop {
-                    // label name
-                    let mut lname = String::new();
-                    for (i, c) in chars.by_ref() {
-                        if c == '=' {
-                            break;
-                        }
-                        if c == '}' && lname.is_empty() {
-                            consumed = Some(i + 1);
-                            break;
-                        }
-                        lname.push(c);
-                    }
-                    if consumed.is_some() {
-                        break;
-                    }
-                    if chars.next().map(|x| x.1) != Some('"') {
-                        return Err(err("label value must be quoted"));
-                    }
-                    let mut v = String::new();
-                    loop {
-                        match chars.next() {
-                            Some((_, '\\')) => match chars.next() {
-                                Some((_, '\\')) => v.push('\\'),
-                                Some((_, '"')) => v.push('"'),
-                                Some((_, 'n')) => v.push('\n'),
-                                _ => return Err(err("bad escape")),
-                            },
-                            Some((_, '"')) => break,
-                            Some((_, c)) => v.push(c),
-                            None => return Err(err("unterminated label value")),
-                        }
-                    }
-                    labels.insert(lname, v);
-                    match chars.next() {
-                        Some((_, ',')) => continue,
-                        Some((i, '}')) => {
-                            consumed = Some(i + 1);
-                            break;
-                        }
-                        _ => return Err(err("expected , or }")),
-                    }
-                }
-                rest = &r[consumed.ok_or_else(|| err("labels"))?..];
-            }
-            let value = rest.trim();
-            let value = match value {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                v => v.parse::<f64>().map_err(|_| err("bad value"))?,
-            };
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| {
-                    name.strip_suffix(s)
-                        .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
-                })
-                .unwrap_or(name);
-            if !types.contains_key(family) || !helps.contains_key(family) {
-                return Err(err("sample before its HELP/TYPE"));
-            }
-            samples.push(Sample {
-                name: name.into(),
-                labels,
-                value,
-            });
-        }
-        Ok((samples, types))
-    }
-
-    pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        samples
-            .iter()
-            .find(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-    }
 
     fn traffic() -> std::sync::Arc<Registry> {
         let reg = Registry::new(["openai", "local"], LabelCaps::default());
@@ -689,36 +565,96 @@ pub(crate) mod tests {
         assert!(samples.iter().all(|s| s.name.starts_with("ditto_gateway_")));
         let v = |n: &str, l: &[(&str, &str)]| value(&samples, n, l);
         let chat = ("endpoint", "chat_completions");
-        assert_eq!(v("ditto_gateway_requests_total", &[chat, ("method", "POST")]), Some(3.0));
-        assert_eq!(v("ditto_gateway_responses_total", &[chat, ("code", "200")]), Some(2.0));
-        assert_eq!(v("ditto_gateway_responses_total", &[chat, ("code", "502")]), Some(1.0));
-        assert_eq!(v("ditto_gateway_requests_in_flight", &[]), Some(0.0));
-        assert_eq!(v("ditto_gateway_request_duration_seconds_count", &[chat]), Some(3.0));
         assert_eq!(
-            v("ditto_gateway_request_duration_seconds_bucket", &[chat, ("le", "0.001")]),
+            v("ditto_gateway_requests_total", &[chat, ("method", "POST")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            v("ditto_gateway_responses_total", &[chat, ("code", "200")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            v("ditto_gateway_responses_total", &[chat, ("code", "502")]),
+            Some(1.0)
+        );
+        assert_eq!(v("ditto_gateway_requests_in_flight", &[]), Some(0.0));
+        assert_eq!(
+            v("ditto_gateway_request_duration_seconds_count", &[chat]),
+            Some(3.0)
+        );
+        assert_eq!(
+            v(
+                "ditto_gateway_request_duration_seconds_bucket",
+                &[chat, ("le", "0.001")]
+            ),
             Some(1.0)
         );
         assert_eq!(
-            v("ditto_gateway_request_duration_seconds_bucket", &[chat, ("le", "+Inf")]),
+            v(
+                "ditto_gateway_request_duration_seconds_bucket",
+                &[chat, ("le", "+Inf")]
+            ),
             Some(3.0)
         );
         let sum = v("ditto_gateway_request_duration_seconds_sum", &[chat]).unwrap_or(0.0);
         assert!((sum - 0.07392).abs() < 1e-9, "{sum}");
-        assert_eq!(v("ditto_gateway_rejected_total", &[("reason", "rate_limited")]), Some(1.0));
-        assert_eq!(v("ditto_gateway_rejected_total", &[("reason", "auth_failed")]), Some(0.0));
+        assert_eq!(
+            v(
+                "ditto_gateway_rejected_total",
+                &[("reason", "rate_limited")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("ditto_gateway_rejected_total", &[("reason", "auth_failed")]),
+            Some(0.0)
+        );
         let openai = ("backend", "openai");
-        assert_eq!(v("ditto_gateway_backend_requests_total", &[openai, ("outcome", "5xx")]), Some(1.0));
+        assert_eq!(
+            v(
+                "ditto_gateway_backend_requests_total",
+                &[openai, ("outcome", "5xx")]
+            ),
+            Some(1.0)
+        );
         assert_eq!(v("ditto_gateway_ttfb_seconds_count", &[openai]), Some(1.0));
         let local = ("backend", "local");
-        assert_eq!(v("ditto_gateway_upstream_connections_open", &[local]), Some(1.0));
-        assert_eq!(v("ditto_gateway_upstream_connections_reused_total", &[local]), Some(1.0));
-        assert_eq!(v("ditto_gateway_upstream_connections_idle", &[local]), Some(1.0));
+        assert_eq!(
+            v("ditto_gateway_upstream_connections_open", &[local]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("ditto_gateway_upstream_connections_reused_total", &[local]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("ditto_gateway_upstream_connections_idle", &[local]),
+            Some(1.0)
+        );
         let key = ("key", "team \"a\"\\x");
         let model = ("model", "gpt-4o");
-        assert_eq!(v("ditto_gateway_tokens_total", &[key, model, ("kind", "prompt")]), Some(30.0));
-        assert_eq!(v("ditto_gateway_tokens_total", &[key, model, ("kind", "completion")]), Some(60.0));
-        assert_eq!(v("ditto_gateway_cost_usd_total", &[key, model]), Some(0.0075));
-        assert_eq!(v("ditto_gateway_key_requests_total", &[key, model]), Some(3.0));
+        assert_eq!(
+            v(
+                "ditto_gateway_tokens_total",
+                &[key, model, ("kind", "prompt")]
+            ),
+            Some(30.0)
+        );
+        assert_eq!(
+            v(
+                "ditto_gateway_tokens_total",
+                &[key, model, ("kind", "completion")]
+            ),
+            Some(60.0)
+        );
+        assert_eq!(
+            v("ditto_gateway_cost_usd_total", &[key, model]),
+            Some(0.0075)
+        );
+        assert_eq!(
+            v("ditto_gateway_key_requests_total", &[key, model]),
+            Some(3.0)
+        );
         assert_eq!(v("ditto_gateway_stream_bytes_total", &[]), Some(1234.0));
         assert_eq!(v("ditto_gateway_log_dropped_total", &[]), Some(7.0));
         assert_eq!(v("ditto_gateway_cores", &[]), Some(2.0));
@@ -728,13 +664,16 @@ pub(crate) mod tests {
         );
     }
 
+    /// A series' labels without `le`.
+    type Labels = Vec<(String, String)>;
+
     #[test]
     fn histograms_are_cumulative_and_end_at_count() {
         let text = render_prometheus(&traffic());
         let (samples, types) = parse(&text).expect("parses");
         for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
             let bucket = format!("{family}_bucket");
-            let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+            let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
             for s in samples.iter().filter(|s| s.name == bucket) {
                 let le: f64 = match s.labels["le"].as_str() {
                     "+Inf" => f64::INFINITY,
@@ -750,7 +689,9 @@ pub(crate) mod tests {
             }
             for (labels, buckets) in series {
                 assert_eq!(buckets.len(), crate::metrics::NBUCKETS);
-                assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+                assert!(buckets
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
                 let count = samples
                     .iter()
                     .find(|s| {
@@ -768,11 +709,20 @@ pub(crate) mod tests {
         let doc = include_str!("../../docs/observability.md");
         for f in &FAMILIES {
             assert!(f.name.starts_with("ditto_gateway_"), "{}", f.name);
-            assert_eq!(f.kind == Kind::Counter, f.name.ends_with("_total"), "{}", f.name);
+            assert_eq!(
+                f.kind == Kind::Counter,
+                f.name.ends_with("_total"),
+                "{}",
+                f.name
+            );
             if f.kind == Kind::Histogram {
                 assert!(f.name.ends_with("_seconds"), "{}", f.name);
             }
-            assert!(doc.contains(&format!("`{}`", f.name)), "{} missing from docs", f.name);
+            assert!(
+                doc.contains(&format!("`{}`", f.name)),
+                "{} missing from docs",
+                f.name
+            );
         }
         let names: std::collections::HashSet<_> = FAMILIES.iter().map(|f| f.name).collect();
         assert_eq!(names.len(), FAMILIES.len(), "no duplicates");
@@ -800,7 +750,10 @@ pub(crate) mod tests {
         assert_eq!(v["responses"]["200"], 2);
         assert_eq!(v["responses"]["502"], 1);
         assert_eq!(v["endpoints"]["chat_completions"]["requests"], 3);
-        assert_eq!(v["endpoints"]["chat_completions"]["duration_us"]["count"], 3);
+        assert_eq!(
+            v["endpoints"]["chat_completions"]["duration_us"]["count"],
+            3
+        );
         assert_eq!(v["rejected"]["rate_limited"], 1);
         assert_eq!(v["streams"]["completed"], 1);
         assert_eq!(v["streams"]["bytes"], 1234);
@@ -826,7 +779,11 @@ pub(crate) mod tests {
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
-                .filter(|f| FAMILIES.iter().any(|x| x.name == *f && x.kind == Kind::Histogram))
+                .filter(|f| {
+                    FAMILIES
+                        .iter()
+                        .any(|x| x.name == *f && x.kind == Kind::Histogram)
+                })
                 .unwrap_or(name);
             out.push(family.to_string());
             rest = &tail[end..];
@@ -875,7 +832,11 @@ pub(crate) mod tests {
             let name = r["alert"].as_str().expect("alert name");
             let expr = r["expr"].as_str().expect("expr");
             assert!(!expr.trim().is_empty());
-            assert_eq!(expr.matches('(').count(), expr.matches(')').count(), "{name}");
+            assert_eq!(
+                expr.matches('(').count(),
+                expr.matches(')').count(),
+                "{name}"
+            );
             assert!(r["labels"]["severity"].as_str().is_some(), "{name}");
             assert!(r["annotations"]["summary"].as_str().is_some(), "{name}");
             names.push(name.to_string());
