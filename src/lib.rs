@@ -13,6 +13,9 @@
 //! - [`limits`]: lock-free in-flight permits.
 //! - [`error`]: gateway-made, OpenAI-shaped errors.
 //! - [`translate`]: pure OpenAI <-> Anthropic/Gemini/Responses format translation.
+//! - [`metrics`]: per-core counters summed at scrape time; Prometheus and JSON output.
+//! - [`log`]: startup/error lines, the access log, its non-blocking sink, secret redaction.
+//! - [`otel`]: W3C trace context and OTLP/HTTP span export off the data-plane cores.
 //! - [`mock`]: the mock upstream used by tests and load tests (a test tool, not a product part).
 
 pub mod auth;
@@ -23,9 +26,11 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod mock;
 pub mod net;
 pub mod pricing;
+pub mod otel;
 pub mod proxy;
 pub mod router;
 pub mod server;
