@@ -218,6 +218,46 @@ fn banned_regexes_are_case_insensitive_and_named() {
 }
 
 #[test]
+fn verbose_regexes_with_comments_do_not_swallow_others() {
+    let gr = g(json!({"banned_regexes": ["(?x) foo # a comment", "bar"]}));
+    assert_eq!(
+        reason(gr.check(Endpoint::Chat, None, &chat("BAR"))),
+        "banned_regex:bar"
+    );
+    assert_eq!(
+        reason(gr.check(Endpoint::Chat, None, &chat("Foo"))),
+        "banned_regex:(?x) foo # a comment"
+    );
+    assert_eq!(reason(gr.check(Endpoint::Chat, None, &chat("baz"))), "ok");
+}
+
+#[test]
+fn phrases_across_fold_windows_and_very_long_phrases() {
+    let gr = g(json!({"banned_phrases": ["needle in a haystack"]}));
+    for offset in [0, 1, 8_180, 8_185, 8_191, 8_192, 12_000, 16_370, 20_000] {
+        let mut text = "x".repeat(offset);
+        text.push_str("Needle In A Haystack");
+        text.push_str(&"y".repeat(30));
+        assert_eq!(
+            reason(gr.check(Endpoint::Chat, None, &chat(&text))),
+            "banned_phrase:needle in a haystack",
+            "offset {offset}"
+        );
+    }
+    let long = "ab".repeat(3_000);
+    let gr = g(json!({"banned_phrases": [long.clone()]}));
+    let text = format!("zz{}zz", long.to_uppercase());
+    assert_eq!(
+        reason(gr.check(Endpoint::Chat, None, &chat(&text))),
+        format!("banned_phrase:{long}")
+    );
+    assert_eq!(
+        reason(gr.check(Endpoint::Chat, None, &chat(&long[1..]))),
+        "ok"
+    );
+}
+
+#[test]
 fn pii_in_text_but_not_in_images_or_model() {
     let gr = g(json!({"block_pii": true}));
     assert_eq!(
