@@ -244,7 +244,7 @@ fn is_card(b: &[u8], run: &Run, first: usize, last: usize, digits: usize) -> boo
             double = !double;
         }
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]
