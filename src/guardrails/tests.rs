@@ -234,7 +234,9 @@ fn verbose_regexes_with_comments_do_not_swallow_others() {
 #[test]
 fn phrases_across_fold_windows_and_very_long_phrases() {
     let gr = g(json!({"banned_phrases": ["needle in a haystack"]}));
-    for offset in [0, 1, 462, 463, 480, 8_180, 8_185, 8_191, 8_192, 12_000, 16_370, 20_000] {
+    for offset in [
+        0, 1, 462, 463, 480, 8_180, 8_185, 8_191, 8_192, 12_000, 16_370, 20_000,
+    ] {
         let mut text = "x".repeat(offset);
         text.push_str("Needle In A Haystack");
         text.push_str(&"y".repeat(30));

@@ -82,6 +82,9 @@ impl StatusSet {
             let lower = item.to_ascii_lowercase();
             let (lo, hi) = if let Some(class) = lower.strip_suffix("xx") {
                 let c: u16 = class.parse().map_err(|_| bad())?;
+                if !(1..=5).contains(&c) {
+                    return Err(bad());
+                }
                 (c * 100, c * 100 + 99)
             } else if let Some((a, b)) = item.split_once('-') {
                 let a: u16 = a.trim().parse().map_err(|_| bad())?;
@@ -509,7 +512,9 @@ mod tests {
         assert!(!s.contains(428) && !s.contains(600) && !s.contains(404));
         assert_eq!(StatusSet::parse_csv("").expect("empty"), StatusSet::empty());
         assert!(StatusSet::parse_csv("").expect("empty").is_empty());
-        for bad in ["abc", "99", "600", "503-500", "6xx", "4x", "-", "500-"] {
+        for bad in [
+            "abc", "99", "600", "503-500", "6xx", "999xx", "0xx", "4x", "-", "500-",
+        ] {
             assert!(StatusSet::parse_csv(bad).is_err(), "{bad}");
         }
         let d = StatusSet::default_retry();
