@@ -6,7 +6,7 @@
 //! (SIMD-prefiltered, case-insensitive), banned regexes into one combined regex. An invalid
 //! regex is an error naming its index and pattern, so a bad config never starts.
 //!
-//! [`Guardrails::check`] then costs one pass over the body: [`walk`] parses it with serde_json
+//! [`Guardrails::check`] then costs one pass over the body: `walk` parses it with serde_json
 //! into borrowed strings and hands each *text* field to the scanners in place (see `walk.rs`
 //! for which fields are text). Model names, keys, tool schemas and base64 images are never
 //! scanned, so an image cannot trip the card detector and a model called `gpt-4-ssn` is not
