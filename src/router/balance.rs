@@ -143,10 +143,20 @@ pub trait Loads {
 
 /// Rank `weighted` (the router's order) into `out` (cleared first): available backends only
 /// unless none is, then sorted by `strategy`, ties kept in weighted order.
-pub fn order(strategy: Strategy, weighted: &[usize], loads: &impl Loads, out: &mut Vec<usize>) {
+///
+/// Returns `true` when nothing was available and `out` is the full list: the pipeline must
+/// then send without asking the breakers ([`crate::router::breaker::BreakerView::admit`]
+/// would skip every one of them).
+pub fn order(
+    strategy: Strategy,
+    weighted: &[usize],
+    loads: &impl Loads,
+    out: &mut Vec<usize>,
+) -> bool {
     out.clear();
     out.extend(weighted.iter().copied().filter(|&b| loads.is_available(b)));
-    if out.is_empty() {
+    let full_list = out.is_empty() && !weighted.is_empty();
+    if full_list {
         out.extend_from_slice(weighted);
     }
     match strategy {
@@ -172,6 +182,7 @@ pub fn order(strategy: Strategy, weighted: &[usize], loads: &impl Loads, out: &m
             });
         }
     }
+    full_list
 }
 
 /// Insertion sort: candidate lists are a handful long, it is stable, and it allocates nothing.
@@ -214,6 +225,25 @@ mod tests {
         let mut out = Vec::new();
         order(s, weighted, f, &mut out);
         out
+    }
+
+    #[test]
+    fn order_says_when_it_fell_back_to_the_full_list() {
+        let mut out = vec![9];
+        let some_down = Fake {
+            down: vec![0],
+            ..Fake::default()
+        };
+        assert!(!order(Strategy::Weighted, &[0, 1], &some_down, &mut out));
+        assert_eq!(out, vec![1]);
+        let all_down = Fake {
+            down: vec![0, 1],
+            ..Fake::default()
+        };
+        assert!(order(Strategy::Weighted, &[0, 1], &all_down, &mut out));
+        assert_eq!(out, vec![0, 1]);
+        assert!(!order(Strategy::Weighted, &[], &all_down, &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]
