@@ -9,7 +9,8 @@
 //! - [`server`]: one pinned monoio runtime per core, listeners, connections, shutdown.
 //! - [`proxy`]: the per-request pipeline and the gateway's own endpoints.
 //! - [`upstream`]: backends, per-core connection pools, connect and TLS.
-//! - [`router`]: model -> ordered candidate backends.
+//! - [`router`]: model -> ordered candidate backends; breaker, balancing and retry policy.
+//! - [`guardrails`]: per-key/per-rule request policy (models, tokens, phrases, PII, schema).
 //! - [`limits`]: lock-free in-flight permits.
 //! - [`error`]: gateway-made, OpenAI-shaped errors.
 //! - [`translate`]: pure OpenAI <-> Anthropic/Gemini/Responses format translation.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod guardrails;
 pub mod http;
 pub mod limits;
 pub mod log;

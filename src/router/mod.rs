@@ -6,6 +6,10 @@
 //! file order as fallbacks. Everything is resolved to backend indexes at build time, and a lookup
 //! allocates nothing.
 
+pub mod balance;
+pub mod breaker;
+pub mod retry;
+
 /// A backend index with its weight (> 0).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weighted {
