@@ -251,7 +251,7 @@ impl Up {
 enum Down {
     Chat,
     Responses(Box<responses::ResponsesStream>),
-    Messages(anthropic_inbound::ChatToAnthropicStream),
+    Messages(Box<anthropic_inbound::ChatToAnthropicStream>),
 }
 
 impl Down {
@@ -649,10 +649,12 @@ async fn stream(
         Dialect::Responses => {
             Down::Responses(Box::new(responses::ResponsesStream::new(&prep.original)))
         }
-        Dialect::Messages => Down::Messages(anthropic_inbound::ChatToAnthropicStream::new(
-            &prep.client_model,
-            crate::translate::estimate_tokens(&String::from_utf8_lossy(&prep.body)),
-        )),
+        Dialect::Messages => {
+            Down::Messages(Box::new(anthropic_inbound::ChatToAnthropicStream::new(
+                &prep.client_model,
+                crate::translate::estimate_tokens(&String::from_utf8_lossy(&prep.body)),
+            )))
+        }
         _ => Down::Chat,
     };
     let usage = |up: &Up, down: &Down| up.usage().or_else(|| down.usage()).map(|u| u.usage());
@@ -784,7 +786,10 @@ fn upstream_head(
             .iter()
             .any(|h| name.eq_ignore_ascii_case(h))
             || OURS.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || name.len() >= 8 && name[..8].eq_ignore_ascii_case("x-ditto-")
+            || name
+                .as_bytes()
+                .get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"x-ditto-"))
             || named_by_connection
             || strip.is_some_and(|token| crate::auth::carries_token(name, value, token))
             || prep
@@ -999,5 +1004,58 @@ impl UpBody {
         if reusable {
             core.pool.checkin(backend, self.ex.conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialects_come_from_method_and_path() {
+        assert_eq!(
+            Dialect::of(Method::Post, "/v1/chat/completions"),
+            Dialect::Chat
+        );
+        assert_eq!(
+            Dialect::of(Method::Post, "/v1/responses"),
+            Dialect::Responses
+        );
+        assert_eq!(Dialect::of(Method::Post, "/v1/messages"), Dialect::Messages);
+        assert_eq!(
+            Dialect::of(Method::Post, "/v1/messages/count_tokens"),
+            Dialect::CountTokens
+        );
+        assert_eq!(Dialect::of(Method::Get, "/v1/responses"), Dialect::Other);
+        assert_eq!(Dialect::of(Method::Post, "/v1/embeddings"), Dialect::Other);
+        assert!(is_messages_path(Method::Post, "/v1/messages"));
+        assert!(is_messages_path(Method::Post, "/messages/count_tokens"));
+        assert!(!is_messages_path(Method::Get, "/v1/messages"));
+        assert!(shim_on(404) && shim_on(405) && shim_on(501) && !shim_on(400));
+    }
+
+    #[test]
+    fn provider_errors_reach_each_client_dialect() {
+        let body = br#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#;
+        let m = map_error(Some(Kind::Anthropic), Dialect::Chat, 529, body);
+        assert_eq!(m.status, 503);
+        let v: Value = serde_json::from_slice(&m.body).expect("json");
+        assert_eq!(v["error"]["message"], "busy");
+        let m = map_error(Some(Kind::Anthropic), Dialect::Messages, 529, body);
+        let v: Value = serde_json::from_slice(&m.body).expect("json");
+        assert_eq!((m.status, v["type"].as_str()), (503, Some("error")));
+        // An OpenAI upstream's own error passes unchanged; a non-JSON one is wrapped.
+        let m = map_error(
+            None,
+            Dialect::Responses,
+            400,
+            br#"{"error":{"message":"x"}}"#,
+        );
+        assert_eq!(m.body, br#"{"error":{"message":"x"}}"#);
+        let m = map_error(None, Dialect::Responses, 502, b"<html>bad gateway</html>");
+        let v: Value = serde_json::from_slice(&m.body).expect("json");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|t| t.contains("bad gateway")));
     }
 }
