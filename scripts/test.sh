@@ -6,3 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --all-features
 MONOIO_FORCE_LEGACY_DRIVER=1 cargo test --all-features --test integration
+# The official OpenAI Python SDK through the translation paths (issue 6); it skips itself,
+# with a message, when python3 or pip cannot provide the SDK.
+bash scripts/sdk_test.sh

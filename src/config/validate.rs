@@ -490,7 +490,12 @@ fn backend(raw: &Raw, path: &str, w: &mut Walker) -> Result<BackendConfig, Confi
     let name = name(o.required("name")?, &o.at("name"))?;
 
     let provider = match o.get("provider") {
-        Some(r) => Some(non_empty(r, &o.at("provider"))?),
+        Some(r) => {
+            let p = non_empty(r, &o.at("provider"))?;
+            crate::upstream::provider::parse_provider(Some(&p))
+                .map_err(|m| ConfigError::new(o.at("provider"), m))?;
+            Some(p)
+        }
         None => None,
     };
     let provider_config = match o.get("provider_config") {
@@ -634,15 +639,12 @@ fn backend(raw: &Raw, path: &str, w: &mut Walker) -> Result<BackendConfig, Confi
             }
             model_map.push((key.to_string(), non_empty(value, &vp)?));
         }
-        if !model_map.is_empty() {
+        // Translation backends apply model_map; passthrough does not rewrite bodies yet.
+        let translated = crate::upstream::provider::parse_provider(provider.as_deref())
+            .is_ok_and(|k| k.is_some());
+        if !model_map.is_empty() && !translated {
             w.warn(&mp, NOT_ENFORCED);
         }
-    }
-    if let Some(p) = &provider {
-        w.warn(&o.at("provider"), format_args!("{p:?} {NOT_ENFORCED}"));
-    }
-    if provider_config.is_some() {
-        w.warn(&o.at("provider_config"), NOT_ENFORCED);
     }
     o.finish(w);
 
@@ -1501,13 +1503,17 @@ mod tests {
             b.provider_config,
             Some(serde_json::json!({"api_key": "sk-1", "nested": [{"h": "Bearer sk-1"}, 1, null]}))
         );
+        // A translation backend applies model_map and its provider settings: no warnings.
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        // A passthrough backend does not rewrite bodies yet: model_map is only kept.
+        let cfg = ok(&doc(
+            r#"[{"name": "a", "base_url": "http://h", "model_map": {"gpt-4": "gpt-4o"}}]"#,
+            "[]",
+            DEF_A,
+        ));
         assert_eq!(
             cfg.warnings,
-            vec![
-                "backends[0].model_map: accepted, not enforced yet".to_string(),
-                "backends[0].provider: \"anthropic\" accepted, not enforced yet".to_string(),
-                "backends[0].provider_config: accepted, not enforced yet".to_string(),
-            ]
+            vec!["backends[0].model_map: accepted, not enforced yet".to_string()]
         );
         // An empty model_map changes nothing and needs no warning.
         let cfg = ok(&doc(
@@ -1539,6 +1545,10 @@ mod tests {
         assert_eq!(
             backend_err(r#""provider": "anthropic", "provider_config": "x""#),
             "backends[0].provider_config: expected an object, found a string"
+        );
+        assert_eq!(
+            backend_err(r#""provider": "cohere", "base_url": "http://h""#),
+            "backends[0].provider: unknown provider \"cohere\" (expected one of: anthropic, google, gemini, openai, openai-compatible, openai_compatible)"
         );
         assert_eq!(
             backend_err(r#""provider": "", "base_url": "http://h""#),

@@ -103,6 +103,11 @@ pub async fn passthrough(
         RequestBody::Buffered(b) if !b.is_empty() => json::probe(b),
         _ => RequestFacts::default(),
     };
+    // Anthropic's count_tokens is answered by the gateway, whatever the backend (issue 6).
+    let dialect = super::translate::Dialect::of(head.method, upstream_path);
+    if dialect == super::translate::Dialect::CountTokens {
+        return super::translate::count_tokens(client, head, &request_id, &body).await;
+    }
     // `GET /v1/models/{id}` routes by the model in the path.
     let model = facts.model.as_deref().or_else(|| {
         (head.method == Method::Get)
@@ -195,6 +200,32 @@ pub async fn passthrough(
             None => None,
         };
         saw_free = true;
+        // Translation backends, Anthropic inbound and the Responses shim (issue 6) take the
+        // converting path; it settles through the same `account` as passthrough.
+        let mode = super::translate::mode(backend, dialect);
+        if mode == super::translate::Mode::Translate {
+            let out = super::translate::serve(
+                core,
+                client,
+                head,
+                backend,
+                &request_id,
+                strip,
+                &body,
+                dialect,
+            )
+            .await;
+            match out {
+                super::translate::Outcome::NotSent(e) => {
+                    last_error = Some(e.with_backend(&backend.name));
+                    continue;
+                }
+                super::translate::Outcome::Done(d) => {
+                    settle_translated(core, key, model, &facts, reservation, &d);
+                    return d.after;
+                }
+            }
+        }
         let result = exchange(
             core,
             client,
@@ -208,6 +239,34 @@ pub async fn passthrough(
         )
         .await;
         match result {
+            Ok(ex)
+                if mode == super::translate::Mode::PassThenShim
+                    && super::translate::shim_on(ex.resp.status) =>
+            {
+                // No Responses API upstream: drop that answer (its connection with it) and
+                // ask the same backend again as chat completions.
+                drop(ex);
+                let out = super::translate::serve(
+                    core,
+                    client,
+                    head,
+                    backend,
+                    &request_id,
+                    strip,
+                    &body,
+                    dialect,
+                )
+                .await;
+                match out {
+                    super::translate::Outcome::NotSent(e) => {
+                        last_error = Some(e.with_backend(&backend.name));
+                    }
+                    super::translate::Outcome::Done(d) => {
+                        settle_translated(core, key, model, &facts, reservation, &d);
+                        return d.after;
+                    }
+                }
+            }
             Ok(ex) => {
                 let permits = Permits {
                     _global: global,
@@ -231,7 +290,8 @@ pub async fn passthrough(
                         model,
                         facts.service_tier.as_deref(),
                         reservation,
-                        t,
+                        t.status,
+                        t.usage(),
                     );
                 }
                 return after;
@@ -289,10 +349,10 @@ fn account(
     model: Option<&str>,
     service_tier: Option<&str>,
     reservation: Reservation,
-    tap: &relay::Tap,
+    status: u16,
+    usage: Option<crate::usage::Usage>,
 ) {
-    let ok = (200..300).contains(&tap.status);
-    let usage = tap.usage();
+    let ok = (200..300).contains(&status);
     let model = model.unwrap_or("");
     let cost = usage.map(|u| core.gw.pricing.cost(model, &u, service_tier));
     let actual = if ok {
@@ -313,6 +373,30 @@ fn account(
             u.completion_tokens,
             cost.unwrap_or(0),
         );
+    }
+}
+
+/// [`account`] for a request served by [`super::translate::serve`]: a request refused before
+/// reaching the upstream consumes no quota.
+fn settle_translated(
+    core: &Core,
+    key: Option<&std::sync::Arc<crate::auth::VirtualKey>>,
+    model: Option<&str>,
+    facts: &RequestFacts<'_>,
+    reservation: Reservation,
+    d: &super::translate::Done,
+) {
+    match key {
+        Some(k) if d.sent => account(
+            core,
+            k,
+            model,
+            facts.service_tier.as_deref(),
+            reservation,
+            d.status,
+            d.usage,
+        ),
+        _ => core.quota.cancel(reservation),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod json;
 pub mod models;
 pub mod relay;
 pub mod request_id;
+pub mod translate;
 
 use std::sync::Arc;
 
@@ -97,8 +98,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Compile a validated config. Translation backends (`provider`) are not served by the
-    /// passthrough path yet; they are skipped with a warning returned to the caller.
+    /// Compile a validated config; warnings are returned to the caller.
     pub fn build(
         config: &Config,
         opts: &ProxyOptions,
@@ -108,13 +108,8 @@ impl Gateway {
         let mut backends = Vec::new();
         let mut index_of = ahash::AHashMap::new();
         for c in &config.backends {
-            if c.base_url.is_none() {
-                warnings.push(format!(
-                    "backend \"{}\": provider {:?} translation is not implemented yet; backend skipped",
-                    c.name, c.provider
-                ));
-                continue;
-            }
+            // Provider backends (issue 6) are built like passthrough ones; requests to them
+            // are translated by `translate`.
             let b = Backend::from_config(backends.len(), c)?;
             index_of.insert(c.name.clone(), b.index);
             backends.push(b);
@@ -137,6 +132,7 @@ impl Gateway {
         } else if default.is_empty() {
             return Err("router.default_backends: no backend with a weight > 0".to_string());
         }
+        translate::attach_rule_models(&mut backends, &config.router);
         let rules = config
             .router
             .rules
@@ -418,7 +414,12 @@ pub async fn reply_error(
     close: bool,
 ) -> After {
     let close = close || !head.keep_alive;
-    let mut resp = e.to_response_with(request_id, head.version.connection_field(close));
+    let mut resp = if translate::is_messages_path(head.method, head.path()) {
+        // Anthropic clients read Anthropic-shaped errors (issue 6).
+        translate::anthropic_error_response(&e, request_id, head.version.connection_field(close))
+    } else {
+        e.to_response_with(request_id, head.version.connection_field(close))
+    };
     if head.method == Method::Head {
         // A HEAD response has no body; its length stays as it would be for GET.
         let body_len = e.body().len();

@@ -87,6 +87,10 @@ async fn fetch(
     strip: Option<&[u8]>,
     fan_out: bool,
 ) -> Result<Vec<serde_json::Value>, String> {
+    // A translation backend has no models endpoint to ask: its list is configured.
+    if let Some(models) = super::translate::static_models(backend) {
+        return Ok(models);
+    }
     // A backend at its max_in_flight is skipped like any full candidate.
     let _permit = match &backend.inflight {
         Some(l) => Some(l.try_acquire().ok_or("at its max_in_flight limit")?),

@@ -43,6 +43,25 @@ pub struct Backend {
     pub inflight: Option<InflightLimiter>,
     pub addrs: Arc<Addrs>,
     pub server_name: Option<ServerName<'static>>,
+    /// Translation provider and provider options (default: plain passthrough).
+    pub native: super::provider::Native,
+}
+
+/// The configured headers, plus `Authorization: Bearer <provider_config.api_key>` for an
+/// OpenAI-compatible provider backend that sets no authorization header of its own
+/// (translation backends send their key in the provider's own header instead).
+fn with_provider_key(c: &BackendConfig, native: &super::provider::Native) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = c
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    if let (None, Some(key)) = (native.kind, &native.api_key) {
+        if !headers.iter().any(|(k, _)| k == "authorization") {
+            headers.push(("authorization".into(), format!("Bearer {key}")));
+        }
+    }
+    headers
 }
 
 fn secs(v: Option<f64>, default: Duration) -> Duration {
@@ -55,10 +74,11 @@ impl Backend {
     /// Compile a passthrough backend. Errors name the problem; the config layer has already
     /// named the field path for anything it validates.
     pub fn from_config(index: usize, c: &BackendConfig) -> Result<Backend, String> {
-        let base = c
-            .base_url
-            .as_deref()
+        let native = super::provider::Native::from_config(c)?;
+        // A provider backend's root may come from provider_config or the provider's default.
+        let base = super::provider::Native::base_url(c)
             .ok_or_else(|| format!("backend \"{}\" has no base_url", c.name))?;
+        let base = base.as_str();
         let url =
             url::Url::parse(base).map_err(|e| format!("backend \"{}\": base_url: {e}", c.name))?;
         let tls = match url.scheme() {
@@ -105,17 +125,14 @@ impl Backend {
             port,
             authority,
             base_path,
-            headers: c
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
+            headers: with_provider_key(c, &native),
             query,
             timeout: secs(c.timeout_seconds, DEFAULT_TIMEOUT),
             connect_timeout: secs(c.connect_timeout_seconds, DEFAULT_CONNECT_TIMEOUT),
             idle_ttl: secs(c.idle_ttl_seconds, DEFAULT_IDLE_TTL),
             inflight: c.max_in_flight.map(InflightLimiter::new),
             server_name,
+            native,
         })
     }
 

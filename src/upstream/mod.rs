@@ -6,6 +6,7 @@ pub mod backend;
 pub mod conn;
 pub mod connector;
 pub mod pool;
+pub mod provider;
 pub mod resolve;
 pub mod tls;
 

@@ -19,3 +19,4 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod tls;
+mod translate;
