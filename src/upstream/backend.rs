@@ -43,6 +43,8 @@ pub struct Backend {
     pub inflight: Option<InflightLimiter>,
     pub addrs: Arc<Addrs>,
     pub server_name: Option<ServerName<'static>>,
+    /// `model_map`: (from, to), `*` for every other model.
+    pub model_map: Vec<(String, String)>,
 }
 
 fn secs(v: Option<f64>, default: Duration) -> Duration {
@@ -116,7 +118,20 @@ impl Backend {
             idle_ttl: secs(c.idle_ttl_seconds, DEFAULT_IDLE_TTL),
             inflight: c.max_in_flight.map(InflightLimiter::new),
             server_name,
+            model_map: c.model_map.clone(),
         })
+    }
+
+    /// The model this backend should receive for `model` (`model_map`: an exact entry, then
+    /// `*`), or `None` when the model is sent as is.
+    pub fn map_model(&self, model: &str) -> Option<&str> {
+        let to = self
+            .model_map
+            .iter()
+            .find(|(from, _)| from == model)
+            .or_else(|| self.model_map.iter().find(|(from, _)| from == "*"))
+            .map(|(_, to)| to.as_str())?;
+        (to != model).then_some(to)
     }
 
     /// True when the backend injects a header called `name` (lower-case).
