@@ -881,8 +881,6 @@ mod tests {
             vec![
                 "--proxy-cache",
                 "--proxy-cache-ttl",
-                "--proxy-retry-status-codes",
-                "--proxy-network-error-action",
                 "--otel",
                 "--otel-endpoint",
             ]
@@ -959,10 +957,18 @@ mod tests {
             .iter()
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
-        assert_eq!(implemented, 11, "admin tokens, pricing, audit, usage body");
+        assert_eq!(
+            implemented, 21,
+            "admin tokens, pricing, audit, usage body, retry, breaker, health checks"
+        );
+        let implemented_switches = switches
+            .iter()
+            .filter(|f| FLAGS.iter().any(|x| x.name == **f && x.implemented))
+            .count();
+        assert_eq!(implemented_switches, 3, "retry, breaker, health checks");
         assert_eq!(
             a.unimplemented.len(),
-            valued.len() - implemented + switches.len()
+            valued.len() - implemented + switches.len() - implemented_switches
         );
         for store in ["--state", "--redis", "--redis-env", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);
@@ -985,7 +991,7 @@ mod tests {
     fn checked_values_of_unimplemented_flags() {
         assert_eq!(
             fail(&["g.json", "--proxy-retry-status-codes", "429,abc"]),
-            "invalid value \"429,abc\" for --proxy-retry-status-codes: expected comma-separated HTTP status codes, e.g. 429,500,502"
+            "invalid value \"429,abc\" for --proxy-retry-status-codes: expected comma-separated HTTP status codes, e.g. 429,500,502 (ranges 500-504 and 5xx too)"
         );
         assert!(fail(&["g.json", "--proxy-fallback-status-codes", "99"]).contains("status codes"));
         assert_eq!(
@@ -1006,6 +1012,9 @@ mod tests {
                 ("--listen", _) => Some("h:1"),
                 (_, Value::Pair) => Some("a=b"),
                 (_, Value::Number) => Some("1"),
+                (_, Value::StatusCodes) => Some("500"),
+                (_, Value::ErrorAction) => Some("retry"),
+                ("--proxy-health-check-path", _) => Some("/health"),
                 _ => Some("x"),
             };
             let mut args = vec!["g.json".to_string(), f.name.to_string()];

@@ -1556,7 +1556,6 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "backends[0].model_map: accepted, not enforced yet".to_string(),
                 "backends[0].provider: \"anthropic\" accepted, not enforced yet".to_string(),
                 "backends[0].provider_config: accepted, not enforced yet".to_string(),
             ]
@@ -1846,7 +1845,6 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "router.rules[0].guardrails: accepted, not enforced yet".to_string(),
                 "router.rules[1]: never matches: router.rules[0] comes first and matches every model this rule does"
                     .to_string(),
                 "router.rules[3]: never matches: router.rules[2] comes first and matches every model this rule does"
@@ -1918,7 +1916,6 @@ mod tests {
             cfg.warnings,
             vec![
                 "virtual_keys[0].cache: accepted, not enforced yet".to_string(),
-                "virtual_keys[0].guardrails: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].passthrough: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].nickname: unknown field, ignored".to_string(),
             ]

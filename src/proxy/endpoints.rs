@@ -38,10 +38,7 @@ pub async fn ready(
         .map(|b| b.name.as_str())
         .collect();
     let some_healthy = backends == 0 || down.len() < backends;
-    let ok = !draining
-        && backends > 0
-        && some_healthy
-        && (store_ok || !core.gw.budget_fail_closed);
+    let ok = !draining && backends > 0 && some_healthy && (store_ok || !core.gw.budget_fail_closed);
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": [
