@@ -107,6 +107,8 @@ pub struct Args {
     pub budget_fail_closed: bool,
     /// `--store-flush-ms N` (default 500).
     pub store_flush_ms: u64,
+    /// `--proxy-retry*`, `--proxy-cb-*`, `--proxy-health-check*`.
+    pub resilience: crate::router::live::ResilienceOptions,
     /// Flags of the original that we accept but do not implement yet, as given (e.g.
     /// "--sqlite"), for startup warnings. Names only (values may be secrets), each once.
     pub unimplemented: Vec<String>,
@@ -135,6 +137,7 @@ impl Args {
             proxy_usage_max_body_bytes: DEFAULT_USAGE_MAX_BODY_BYTES,
             budget_fail_closed: false,
             store_flush_ms: DEFAULT_STORE_FLUSH_MS,
+            resilience: Default::default(),
             unimplemented: Vec::new(),
         }
     }
@@ -258,19 +261,19 @@ const FLAGS: &[Flag] = &[
     later("--proxy-cache-max-body-bytes", "N", Value::Number, "largest cached response body"),
     later("--proxy-cache-max-total-body-bytes", "N", Value::Number, "proxy cache size in bytes"),
     later("--proxy-cache-streaming", "", Value::None, "also cache streamed (stream=true) responses"),
-    later("--proxy-retry", "", Value::None, "retry failed requests on the next backend"),
-    later("--proxy-retry-status-codes", "CODES", Value::StatusCodes, "statuses to retry (default 429,500,502,503,504)"),
-    later("--proxy-fallback-status-codes", "CODES", Value::StatusCodes, "statuses that fall back to the next backend"),
-    later("--proxy-network-error-action", "ACTION", Value::ErrorAction, "on network errors: none, fallback or retry"),
-    later("--proxy-timeout-error-action", "ACTION", Value::ErrorAction, "on timeouts: none, fallback or retry"),
-    later("--proxy-retry-max-attempts", "N", Value::Number, "most attempts per request"),
-    later("--proxy-circuit-breaker", "", Value::None, "skip backends after repeated failures"),
-    later("--proxy-cb-failure-threshold", "N", Value::Number, "failures in a row that open the breaker (default 3)"),
-    later("--proxy-cb-cooldown-secs", "SECS", Value::Number, "how long an open breaker skips a backend (default 30)"),
-    later("--proxy-health-checks", "", Value::None, "probe backends in the background"),
-    later("--proxy-health-check-path", "PATH", Value::Text, "health probe path (default /v1/models)"),
-    later("--proxy-health-check-interval-secs", "SECS", Value::Number, "health probe interval (default 10)"),
-    later("--proxy-health-check-timeout-secs", "SECS", Value::Number, "health probe timeout (default 2)"),
+    flag("--proxy-retry", "", Value::None, "retry failed requests on the next backend"),
+    flag("--proxy-retry-status-codes", "CODES", Value::StatusCodes, "statuses to retry (default 429,500,502,503,504)"),
+    flag("--proxy-fallback-status-codes", "CODES", Value::StatusCodes, "statuses that fall back to the next backend"),
+    flag("--proxy-network-error-action", "ACTION", Value::ErrorAction, "on network errors: none, fallback or retry"),
+    flag("--proxy-timeout-error-action", "ACTION", Value::ErrorAction, "on timeouts: none, fallback or retry"),
+    flag("--proxy-retry-max-attempts", "N", Value::Number, "most attempts per request"),
+    flag("--proxy-circuit-breaker", "", Value::None, "skip backends after repeated failures"),
+    flag("--proxy-cb-failure-threshold", "N", Value::Number, "failures in a row that open the breaker (default 3)"),
+    flag("--proxy-cb-cooldown-secs", "SECS", Value::Number, "how long an open breaker skips a backend (default 30)"),
+    flag("--proxy-health-checks", "", Value::None, "probe backends in the background"),
+    flag("--proxy-health-check-path", "PATH", Value::Text, "health probe path (default /v1/models)"),
+    flag("--proxy-health-check-interval-secs", "SECS", Value::Number, "health probe interval (default 10)"),
+    flag("--proxy-health-check-timeout-secs", "SECS", Value::Number, "health probe timeout (default 2)"),
     flag("--pricing-litellm", "PATH", Value::Text, "LiteLLM price JSON for cost budgets"),
     later("--prometheus-metrics", "", Value::None, "serve /metrics/prometheus"),
     later("--prometheus-max-key-series", "N", Value::Number, "cap on per-key metric series"),
@@ -385,22 +388,14 @@ fn check(spec: &Flag, name: &str, value: &str) -> Result<(), CliError> {
     match spec.value {
         Value::None | Value::Text => Ok(()),
         Value::Number => number(name, value).map(|_| ()),
-        Value::StatusCodes => {
-            let ok = value.split(',').all(|code| {
-                code.trim()
-                    .parse::<u16>()
-                    .is_ok_and(|c| (100..=599).contains(&c))
-            });
-            if ok {
-                Ok(())
-            } else {
-                Err(invalid(
-                    name,
-                    value,
-                    "comma-separated HTTP status codes, e.g. 429,500,502",
-                ))
-            }
-        }
+        Value::StatusCodes => match crate::router::retry::StatusSet::parse_csv(value) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(invalid(
+                name,
+                value,
+                "comma-separated HTTP status codes, e.g. 429,500,502 (ranges 500-504 and 5xx too)",
+            )),
+        },
         Value::ErrorAction => match value {
             "none" | "fallback" | "retry" => Ok(()),
             _ => Err(invalid(name, value, "none, fallback or retry")),
@@ -485,8 +480,71 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
         "--proxy-usage-max-body-bytes" => out.proxy_usage_max_body_bytes = count(given, &value)?,
         "--budget-fail-closed" => out.budget_fail_closed = true,
         "--store-flush-ms" => out.store_flush_ms = count(given, &value)? as u64,
+        c if c.starts_with("--proxy-retry")
+            || c.starts_with("--proxy-fallback")
+            || c.starts_with("--proxy-network")
+            || c.starts_with("--proxy-timeout")
+            || c.starts_with("--proxy-c")
+            || c.starts_with("--proxy-health") =>
+        {
+            resilience_flag(&mut out.resilience, c, given, &value)?
+        }
         // Every implemented flag in FLAGS has an arm above; the test
         // `every_implemented_flag_is_applied` keeps it that way.
+        other => return Err(err(format!("flag {other} is not handled"))),
+    }
+    Ok(())
+}
+
+/// Store a retry, circuit breaker or health check flag.
+fn resilience_flag(
+    r: &mut crate::router::live::ResilienceOptions,
+    canonical: &str,
+    given: &str,
+    value: &str,
+) -> Result<(), CliError> {
+    use crate::router::retry::{ErrorAction, RetryPolicy, StatusSet};
+    let bad = |e: String| invalid(given, value, &e);
+    let secs = |v: &str| -> Result<std::time::Duration, CliError> {
+        Ok(std::time::Duration::from_secs(count(given, v)? as u64))
+    };
+    match canonical {
+        "--proxy-retry" => r.retry.enabled = true,
+        "--proxy-retry-status-codes" => {
+            r.retry.retry_statuses = StatusSet::parse_csv(value).map_err(bad)?
+        }
+        "--proxy-fallback-status-codes" => {
+            r.retry.fallback_statuses = StatusSet::parse_csv(value).map_err(bad)?
+        }
+        "--proxy-network-error-action" => {
+            r.retry.network_action = ErrorAction::parse(value).map_err(bad)?
+        }
+        "--proxy-timeout-error-action" => {
+            r.retry.timeout_action = ErrorAction::parse(value).map_err(bad)?
+        }
+        "--proxy-retry-max-attempts" => {
+            r.retry.max_attempts = Some(RetryPolicy::parse_max_attempts(value).map_err(bad)?)
+        }
+        "--proxy-circuit-breaker" => r.breaker.enabled = true,
+        "--proxy-cb-failure-threshold" => r.breaker.failure_threshold = count(given, value)? as u32,
+        "--proxy-cb-cooldown-secs" => {
+            r.breaker.cooldown_ms = number(given, value)?.saturating_mul(1000)
+        }
+        "--proxy-health-checks" => {
+            r.health.get_or_insert_with(Default::default);
+        }
+        "--proxy-health-check-path" => {
+            if !value.starts_with('/') {
+                return Err(invalid(given, value, "a path starting with /"));
+            }
+            r.health.get_or_insert_with(Default::default).path = value.to_string();
+        }
+        "--proxy-health-check-interval-secs" => {
+            r.health.get_or_insert_with(Default::default).interval = secs(value)?
+        }
+        "--proxy-health-check-timeout-secs" => {
+            r.health.get_or_insert_with(Default::default).timeout = secs(value)?
+        }
         other => return Err(err(format!("flag {other} is not handled"))),
     }
     Ok(())
@@ -823,8 +881,6 @@ mod tests {
             vec![
                 "--proxy-cache",
                 "--proxy-cache-ttl",
-                "--proxy-retry-status-codes",
-                "--proxy-network-error-action",
                 "--otel",
                 "--otel-endpoint",
             ]
@@ -901,10 +957,18 @@ mod tests {
             .iter()
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
-        assert_eq!(implemented, 11, "admin tokens, pricing, audit, usage body");
+        assert_eq!(
+            implemented, 21,
+            "admin tokens, pricing, audit, usage body, retry, breaker, health checks"
+        );
+        let implemented_switches = switches
+            .iter()
+            .filter(|f| FLAGS.iter().any(|x| x.name == **f && x.implemented))
+            .count();
+        assert_eq!(implemented_switches, 3, "retry, breaker, health checks");
         assert_eq!(
             a.unimplemented.len(),
-            valued.len() - implemented + switches.len()
+            valued.len() - implemented + switches.len() - implemented_switches
         );
         for store in ["--state", "--redis", "--redis-env", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);
@@ -927,7 +991,7 @@ mod tests {
     fn checked_values_of_unimplemented_flags() {
         assert_eq!(
             fail(&["g.json", "--proxy-retry-status-codes", "429,abc"]),
-            "invalid value \"429,abc\" for --proxy-retry-status-codes: expected comma-separated HTTP status codes, e.g. 429,500,502"
+            "invalid value \"429,abc\" for --proxy-retry-status-codes: expected comma-separated HTTP status codes, e.g. 429,500,502 (ranges 500-504 and 5xx too)"
         );
         assert!(fail(&["g.json", "--proxy-fallback-status-codes", "99"]).contains("status codes"));
         assert_eq!(
@@ -948,6 +1012,9 @@ mod tests {
                 ("--listen", _) => Some("h:1"),
                 (_, Value::Pair) => Some("a=b"),
                 (_, Value::Number) => Some("1"),
+                (_, Value::StatusCodes) => Some("500"),
+                (_, Value::ErrorAction) => Some("retry"),
+                ("--proxy-health-check-path", _) => Some("/health"),
                 _ => Some("x"),
             };
             let mut args = vec!["g.json".to_string(), f.name.to_string()];

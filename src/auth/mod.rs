@@ -40,6 +40,8 @@ pub struct VirtualKey {
     /// Sections read by other parts (guardrails, cache, ...), as stored.
     pub extra: serde_json::Map<String, serde_json::Value>,
     pub digest: [u8; 32],
+    /// `extra["guardrails"]`, compiled once per snapshot (`None`: no rule).
+    pub guardrails: Option<Arc<crate::guardrails::Guardrails>>,
 }
 
 /// Every virtual key, by token digest.
@@ -184,6 +186,7 @@ mod tests {
             scopes: Vec::new(),
             extra: Default::default(),
             digest: crate::control::keys::hash_bytes(&hash).expect("digest"),
+            guardrails: None,
         })
     }
 

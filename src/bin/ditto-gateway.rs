@@ -77,6 +77,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     opts.audit_retention = args.audit_retention_secs.map(Duration::from_secs);
     opts.usage_max_body_bytes = args.proxy_usage_max_body_bytes;
     opts.budget_fail_closed = args.budget_fail_closed;
+    opts.resilience = args.resilience.clone();
     let store = open_store(&args)?;
     let (gw, warnings) = Gateway::build(&config, &opts, store)?;
     for w in warnings {

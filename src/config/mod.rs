@@ -125,6 +125,10 @@ pub struct RouterConfig {
     pub default_backends: Vec<WeightedBackend>,
     /// Rules in file order (the router tries exact rules first, then prefix rules).
     pub rules: Vec<RouteRule>,
+    /// `strategy`: `weighted` (default), `least_in_flight` or `latency`.
+    pub strategy: Option<String>,
+    /// `latency_half_life_secs` of the latency estimate (default 10).
+    pub latency_half_life_secs: Option<f64>,
 }
 
 /// A backend reference with a weight for the deterministic weighted choice.
@@ -304,6 +308,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Validate a router object (`PUT /admin/config/router`) exactly as the config file's
+    /// `router` section is validated, against `backends`. Returns the router and warnings.
+    pub fn parse_router(
+        router: &serde_json::Value,
+        backends: &[BackendConfig],
+    ) -> Result<(RouterConfig, Vec<String>), ConfigError> {
+        let text =
+            serde_json::to_string(router).map_err(|e| ConfigError::new("router", e.to_string()))?;
+        let raw = Raw::from_json(&text)?;
+        validate::router_only(&raw, backends)
     }
 
     /// The backend called `name`.

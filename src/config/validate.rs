@@ -111,6 +111,25 @@ pub(super) fn build(
     })
 }
 
+/// A router object alone (the admin API's router change), validated like the file's.
+pub(super) fn router_only(
+    raw: &Raw,
+    backends: &[BackendConfig],
+) -> Result<(RouterConfig, Vec<String>), ConfigError> {
+    let lookup = |_: &str| None;
+    let mut w = Walker {
+        lookup: &lookup,
+        warnings: Vec::new(),
+    };
+    let r = router(raw, "router", backends, &mut w)?;
+    crate::router::live::RouteTable::build(
+        &r,
+        &backends.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+    )
+    .map_err(|e| ConfigError::new("", e))?;
+    Ok((r, w.warnings))
+}
+
 /// The backend `--upstream name=url` adds: a passthrough with no options. Errors are about the
 /// flag, with path `--upstream NAME`.
 pub(super) fn upstream_backend(
@@ -639,12 +658,6 @@ fn backend(raw: &Raw, path: &str, w: &mut Walker) -> Result<BackendConfig, Confi
             }
             model_map.push((key.to_string(), non_empty(value, &vp)?));
         }
-        // Translation backends apply model_map; passthrough does not rewrite bodies yet.
-        let translated = crate::upstream::provider::parse_provider(provider.as_deref())
-            .is_ok_and(|k| k.is_some());
-        if !model_map.is_empty() && !translated {
-            w.warn(&mp, NOT_ENFORCED);
-        }
     }
     o.finish(w);
 
@@ -726,10 +739,25 @@ fn router(
             "none set: requests whose model matches no rule go to every backend, in file order",
         );
     }
+    let strategy = match o.get("strategy") {
+        Some(r) => {
+            let sp = o.at("strategy");
+            let s = string(r, &sp)?;
+            crate::router::balance::Strategy::parse(s).map_err(|e| ConfigError::new(sp, e))?;
+            Some(s.to_string())
+        }
+        None => None,
+    };
+    let latency_half_life_secs = match o.get("latency_half_life_secs") {
+        Some(r) => Some(seconds(r, &o.at("latency_half_life_secs"), true)?),
+        None => None,
+    };
     o.finish(w);
     Ok(RouterConfig {
         default_backends,
         rules,
+        strategy,
+        latency_half_life_secs,
     })
 }
 
@@ -802,7 +830,13 @@ fn rule(
                 return Err(type_error(&gp, "an object", r));
             }
             let value = to_json(r, &gp, w, false)?;
-            w.warn(&gp, NOT_ENFORCED);
+            crate::guardrails::Guardrails::from_json(&value).map_err(|e| {
+                match e.split_once(": ") {
+                    Some((f, m)) => ConfigError::new(format!("{gp}.{f}"), m),
+                    None => ConfigError::new(&gp, e),
+                }
+            })?;
+            warn_unknown_guardrails(&value, &gp, w);
             Some(value)
         }
         None => None,
@@ -947,6 +981,10 @@ fn virtual_key(
                 crate::control::keys::parse_limits(&to_json(r, &sp, w, false)?, section).map(|_| ())
             } else if section.ends_with("budget") {
                 crate::control::keys::parse_budget(&to_json(r, &sp, w, false)?, section).map(|_| ())
+            } else if *section == "guardrails" {
+                let value = to_json(r, &sp, w, false)?;
+                warn_unknown_guardrails(&value, &sp, w);
+                crate::control::keys::parse_guardrails(&value).map(|_| ())
             } else {
                 w.warn(&sp, NOT_ENFORCED);
                 Ok(())
@@ -976,6 +1014,17 @@ fn virtual_key(
         route,
         raw: json,
     })
+}
+
+/// Warn about keys of a `guardrails` object that no rule reads.
+fn warn_unknown_guardrails(v: &serde_json::Value, path: &str, w: &mut Walker) {
+    if let serde_json::Value::Object(m) = v {
+        for k in m.keys() {
+            if !crate::guardrails::FIELDS.contains(&k.as_str()) {
+                w.warn(&child_path(path, k), "unknown guardrails field; ignored");
+            }
+        }
+    }
 }
 
 /// Convert a raw subtree to JSON, interpolating every string when `interpolate_strings` is set.
@@ -1505,16 +1554,13 @@ mod tests {
         );
         // A translation backend applies model_map and its provider settings: no warnings.
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
-        // A passthrough backend does not rewrite bodies yet: model_map is only kept.
+        // A passthrough backend rewrites the model too: model_map is enforced everywhere.
         let cfg = ok(&doc(
             r#"[{"name": "a", "base_url": "http://h", "model_map": {"gpt-4": "gpt-4o"}}]"#,
             "[]",
             DEF_A,
         ));
-        assert_eq!(
-            cfg.warnings,
-            vec!["backends[0].model_map: accepted, not enforced yet".to_string()]
-        );
+        assert_eq!(cfg.warnings, Vec::<String>::new());
         // An empty model_map changes nothing and needs no warning.
         let cfg = ok(&doc(
             r#"[{"name": "a", "base_url": "http://h", "model_map": {}}]"#,
@@ -1804,7 +1850,6 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "router.rules[0].guardrails: accepted, not enforced yet".to_string(),
                 "router.rules[1]: never matches: router.rules[0] comes first and matches every model this rule does"
                     .to_string(),
                 "router.rules[3]: never matches: router.rules[2] comes first and matches every model this rule does"
@@ -1876,7 +1921,6 @@ mod tests {
             cfg.warnings,
             vec![
                 "virtual_keys[0].cache: accepted, not enforced yet".to_string(),
-                "virtual_keys[0].guardrails: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].passthrough: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].nickname: unknown field, ignored".to_string(),
             ]

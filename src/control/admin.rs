@@ -46,7 +46,7 @@ fn field_error(e: FieldError) -> AdminReply {
 }
 
 /// Percent-decode a path segment (`%2F` and friends in key ids).
-fn decode(seg: &str) -> String {
+pub(super) fn decode(seg: &str) -> String {
     percent_encoding::percent_decode_str(seg)
         .decode_utf8_lossy()
         .into_owned()
@@ -83,6 +83,9 @@ impl Plane {
     pub(super) fn admin(&mut self, req: AdminRequest) -> AdminReply {
         if req.method != "GET" && !req.role.can_write() {
             return fail(403, "read_only_token", "this admin token is read-only");
+        }
+        if let Some(r) = self.backends_admin(&req) {
+            return r;
         }
         let path = req.path.trim_end_matches('/');
         let segs: Vec<&str> = path.split('/').skip(1).collect();

@@ -338,6 +338,15 @@ fn opt_string(m: &Map<String, Value>, k: &str) -> Result<Option<String>, FieldEr
     }
 }
 
+/// Compile a key's (or rule's) `guardrails` object; errors name the field
+/// (`guardrails.banned_regexes[0]`).
+pub fn parse_guardrails(v: &Value) -> Result<crate::guardrails::Guardrails, FieldError> {
+    crate::guardrails::Guardrails::from_json(v).map_err(|e| match e.split_once(": ") {
+        Some((f, m)) => FieldError::new(format!("guardrails.{f}"), m),
+        None => FieldError::new("guardrails", e),
+    })
+}
+
 /// What [`parse_key`] built, with the clear token when the object carried one.
 pub struct ParsedKey {
     pub record: KeyRecord,
@@ -391,6 +400,9 @@ pub fn parse_key(
         m.get(k)
             .map_or(Ok(Budget::default()), |v| parse_budget(v, k))
     };
+    if let Some(g) = m.get("guardrails") {
+        parse_guardrails(g)?;
+    }
     let mut extra = Map::new();
     for k in EXTRA_FIELDS {
         if let Some(v) = m.get(*k) {

@@ -15,6 +15,7 @@
 //! rate-limit headers describe, and budget periods (lifetime, UTC day, UTC month) for budgets.
 
 pub mod admin;
+pub mod backends;
 pub mod keys;
 pub mod meter;
 mod plane;
@@ -177,6 +178,8 @@ enum Msg {
     Admin(Box<AdminRequest>, flume::Sender<AdminReply>),
     /// Write everything pending now, then answer (shutdown).
     Flush(flume::Sender<()>),
+    /// Breakers, health checks, router changes ([`backends`]).
+    Backends(backends::BackendMsg),
 }
 
 /// State the plane publishes for the cores to read without a message.

@@ -39,6 +39,7 @@ pub(super) struct Plane {
     last_reservations: Vec<ReservationRow>,
     pub(super) shared: Arc<Shared>,
     version: u64,
+    pub(super) backends: super::backends::Backends,
 }
 
 /// A random hex id (process owner ids, generated tokens).
@@ -84,6 +85,7 @@ impl Plane {
             last_reservations: Vec::new(),
             shared,
             version: 0,
+            backends: Default::default(),
         };
         let mut writes = Vec::new();
         for k in persisted.keys {
@@ -159,7 +161,10 @@ impl Plane {
     pub(super) fn run(&mut self, rx: flume::Receiver<Msg>) {
         let mut next_flush = Instant::now() + self.opts.flush_interval;
         loop {
-            let wait = next_flush.saturating_duration_since(Instant::now());
+            let mut wait = next_flush.saturating_duration_since(Instant::now());
+            if let Some(w) = self.backends.wait() {
+                wait = wait.min(w);
+            }
             match rx.recv_timeout(wait) {
                 Ok(msg) => self.handle(msg),
                 Err(flume::RecvTimeoutError::Timeout) => {}
@@ -168,6 +173,7 @@ impl Plane {
                     return;
                 }
             }
+            self.backends_tick();
             if Instant::now() >= next_flush {
                 self.flush();
                 next_flush = Instant::now() + self.flush_delay();
@@ -214,6 +220,7 @@ impl Plane {
                 self.flush();
                 let _ = reply.send(());
             }
+            Msg::Backends(m) => self.backends_msg(m),
         }
     }
 
@@ -501,7 +508,16 @@ impl Plane {
                     by_ledger.get(format!("{kind}:{id}").as_str()).cloned()
                 })
                 .collect();
+            let guardrails = match k.extra.get("guardrails") {
+                Some(g) => {
+                    let g = super::keys::parse_guardrails(g)
+                        .map_err(|e| format!("key \"{}\": {e}", k.id))?;
+                    (!g.is_empty()).then(|| Arc::new(g))
+                }
+                None => None,
+            };
             vkeys.push(Arc::new(VirtualKey {
+                guardrails,
                 id: k.id.clone(),
                 enabled: k.enabled,
                 tenant_id: k.tenant_id.clone(),

@@ -28,13 +28,24 @@ pub async fn ready(
     // A failing store makes the gateway not ready only where budgets fail closed; otherwise
     // it keeps serving and the check tells operators why usage is being held in memory.
     let store_ok = core.gw.control.store_ok();
-    let ok = !draining && backends > 0 && (store_ok || !core.gw.budget_fail_closed);
+    // Active health checks: names of the backends found down; none healthy = not ready.
+    let live = &core.gw.live;
+    let down: Vec<&str> = core
+        .gw
+        .backends
+        .iter()
+        .filter(|b| !live.breakers.is_healthy(b.index))
+        .map(|b| b.name.as_str())
+        .collect();
+    let some_healthy = backends == 0 || down.len() < backends;
+    let ok = !draining && backends > 0 && some_healthy && (store_ok || !core.gw.budget_fail_closed);
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": [
             {"name": "draining", "ok": !draining},
             {"name": "backends", "ok": backends > 0, "count": backends},
             {"name": "store", "ok": store_ok, "store": core.gw.control.store_name()},
+            {"name": "health", "ok": some_healthy, "enabled": live.options.health.is_some(), "down": down},
         ],
     });
     let body = serde_json::to_vec(&body).unwrap_or_default();

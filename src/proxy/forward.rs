@@ -24,6 +24,7 @@ use crate::error::{ErrorType, GatewayError};
 use crate::http::io::{read_append, write_all_timeout};
 use crate::http::{BodyFraming, HeadError, Method, RequestHead, ResponseHead};
 use crate::limits::quota::{Actual, Estimate, Reservation};
+use crate::router::breaker::Attempt;
 use crate::upstream::connector::connect;
 use crate::upstream::{Backend, UpConn};
 
@@ -48,6 +49,8 @@ pub struct Exchange {
     pub conn: UpConn,
     pub resp: ResponseHead,
     pub leftover: BytesMut,
+    /// Attempts the request took (`x-ditto-attempts`).
+    pub attempts: u32,
 }
 
 /// How an exchange failed.
@@ -114,6 +117,14 @@ pub async fn passthrough(
             .then(|| upstream_path.strip_prefix("/v1/models/"))
             .flatten()
     });
+
+    // Guardrails: after auth, before anything is reserved, so a refusal costs no quota.
+    let routes = gw.live.routes();
+    if let Some(g) = super::attempts::guardrails_for(&routes, model, admitted.as_ref()) {
+        if let Err(e) = super::attempts::check_guardrails(g, upstream_path, model, &body) {
+            return reply_error(client, head, &request_id, e, unread_body).await;
+        }
+    }
 
     let Some(global) = gw.inflight.try_acquire() else {
         let e = super::inflight_error(gw);
@@ -186,20 +197,37 @@ pub async fn passthrough(
     let mut saw_free = false;
     // A key pinned to a backend (`route`) goes there and nowhere else.
     let pinned = admitted.as_ref().and_then(|a| a.key.route);
-    let routed = pinned
-        .is_none()
-        .then(|| gw.router.candidates(model, &request_id));
-    for idx in pinned.into_iter().chain(routed.into_iter().flatten()) {
+    let mut plan = super::attempts::Plan::new(
+        &gw.live,
+        &routes,
+        pinned,
+        model,
+        &request_id,
+        head.method,
+        head.fields.get("x-request-id").is_some(),
+        matches!(body, RequestBody::Buffered(_)),
+    );
+    while let Some((idx, probe)) = plan.next().await {
         saw_candidate = true;
         let backend = &gw.backends[idx];
         let backend_permit = match &backend.inflight {
             Some(limiter) => match limiter.try_acquire() {
                 Some(p) => Some(p),
-                None => continue,
+                None => {
+                    plan.not_tried();
+                    continue;
+                }
             },
             None => None,
         };
         saw_free = true;
+        // `model_map`: this backend's name for the model (one copy of the body, only when
+        // the name changes).
+        let mapped = model.and_then(|m| backend.map_model(m));
+        let mapped_body = mapped.and_then(|to| super::attempts::map_model(send_body, to));
+        let attempt_body = mapped_body.as_ref().unwrap_or(send_body);
+        let _load = gw.live.enter(idx);
+        let started = std::time::Instant::now();
         // Translation backends, Anthropic inbound and the Responses shim (issue 6) take the
         // converting path; it settles through the same `account` as passthrough.
         let mode = super::translate::mode(backend, dialect);
@@ -217,10 +245,22 @@ pub async fn passthrough(
             .await;
             match out {
                 super::translate::Outcome::NotSent(e) => {
+                    let (failure, attempt) = super::attempts::error_kind(&e);
+                    plan.report(&gw.control, idx, attempt, started.elapsed(), probe);
                     last_error = Some(e.with_backend(&backend.name));
+                    if !plan.again(failure, false) {
+                        break;
+                    }
                     continue;
                 }
                 super::translate::Outcome::Done(d) => {
+                    plan.report(
+                        &gw.control,
+                        idx,
+                        Attempt::Status(d.status),
+                        started.elapsed(),
+                        probe,
+                    );
                     settle_translated(core, key, model, &facts, reservation, &d);
                     return d.after;
                 }
@@ -235,7 +275,7 @@ pub async fn passthrough(
             upstream_path,
             &request_id,
             strip,
-            send_body,
+            attempt_body,
         )
         .await;
         match result {
@@ -245,7 +285,15 @@ pub async fn passthrough(
             {
                 // No Responses API upstream: drop that answer (its connection with it) and
                 // ask the same backend again as chat completions.
+                let status = ex.resp.status;
                 drop(ex);
+                plan.report(
+                    &gw.control,
+                    idx,
+                    Attempt::Status(status),
+                    started.elapsed(),
+                    probe,
+                );
                 let out = super::translate::serve(
                     core,
                     client,
@@ -267,7 +315,27 @@ pub async fn passthrough(
                     }
                 }
             }
-            Ok(ex) => {
+            Ok(mut ex) => {
+                let status = ex.resp.status;
+                plan.report(
+                    &gw.control,
+                    idx,
+                    Attempt::Status(status),
+                    started.elapsed(),
+                    probe,
+                );
+                if status >= 400 && plan.again(super::attempts::status_failure(&ex.resp), true) {
+                    // Not relayed: the next attempt answers instead.
+                    last_error = Some(
+                        GatewayError::bad_gateway(format!(
+                            "backend \"{}\" answered HTTP {status}",
+                            backend.name
+                        ))
+                        .with_backend(&backend.name),
+                    );
+                    continue;
+                }
+                ex.attempts = plan.attempts();
                 let permits = Permits {
                     _global: global,
                     _backend: backend_permit,
@@ -287,7 +355,7 @@ pub async fn passthrough(
                     account(
                         core,
                         k,
-                        model,
+                        mapped.or(model),
                         facts.service_tier.as_deref(),
                         reservation,
                         t.status,
@@ -296,18 +364,29 @@ pub async fn passthrough(
                 }
                 return after;
             }
-            Err(ExchangeError::NotSent(e)) => last_error = Some(e.with_backend(&backend.name)),
+            Err(ExchangeError::NotSent(e)) => {
+                let (failure, attempt) = super::attempts::error_kind(&e);
+                plan.report(&gw.control, idx, attempt, started.elapsed(), probe);
+                last_error = Some(e.with_backend(&backend.name));
+                if !plan.again(failure, false) {
+                    break;
+                }
+            }
             Err(ExchangeError::Failed(e)) => {
+                let (failure, attempt) = super::attempts::error_kind(&e);
+                plan.report(&gw.control, idx, attempt, started.elapsed(), probe);
+                let e = e.with_backend(&backend.name);
+                if plan.again(failure, true) {
+                    last_error = Some(e);
+                    continue;
+                }
                 // The backend may have seen it: the request counts, its tokens do not.
                 core.quota.settle(reservation, Actual::NOTHING);
-                return reply_error(
-                    client,
-                    head,
-                    &request_id,
-                    e.with_backend(&backend.name),
-                    true,
-                )
-                .await;
+                let e = e.with_header(
+                    super::attempts::ATTEMPTS_HEADER,
+                    plan.attempts().to_string(),
+                );
+                return reply_error(client, head, &request_id, e, true).await;
             }
             Err(ExchangeError::Client(e)) => {
                 core.quota.cancel(reservation);
@@ -326,7 +405,10 @@ pub async fn passthrough(
             "inflight_limit_backend",
             "every candidate backend is at its max_in_flight limit",
         ),
-        (_, _, Some(e)) => e,
+        (_, _, Some(e)) => e.with_header(
+            super::attempts::ATTEMPTS_HEADER,
+            plan.attempts().to_string(),
+        ),
         (_, _, None) => GatewayError::bad_gateway("no backend could be reached"),
     };
     // Nothing reached an upstream: a refused request consumes no quota (REFERENCE 4).
@@ -659,6 +741,7 @@ async fn read_response_head(
                     conn,
                     resp,
                     leftover: buf,
+                    attempts: 1,
                 });
             }
             Ok(None) => {}

@@ -9,6 +9,7 @@
 //! part (its connection pool, request-id counter and shutdown signal), never shared.
 
 pub mod admin;
+pub mod attempts;
 pub mod body;
 pub mod endpoints;
 pub mod forward;
@@ -61,6 +62,8 @@ pub struct ProxyOptions {
     pub usage_max_body_bytes: usize,
     /// `--budget-fail-closed`: refuse budgeted requests (503) while the store fails.
     pub budget_fail_closed: bool,
+    /// `--proxy-retry*`, `--proxy-cb-*`, `--proxy-health-check*`.
+    pub resilience: crate::router::live::ResilienceOptions,
 }
 
 impl ProxyOptions {
@@ -77,6 +80,7 @@ impl ProxyOptions {
             audit_retention: None,
             usage_max_body_bytes: 1024 * 1024,
             budget_fail_closed: false,
+            resilience: Default::default(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct Gateway {
     pub tls: Arc<rustls::ClientConfig>,
     pub inflight: InflightLimiter,
     pub max_body_bytes: usize,
+    /// The live router, breakers, loads and retry policy (see [`attempts`]).
+    pub live: Arc<crate::router::live::Live>,
 }
 
 impl Gateway {
@@ -169,6 +175,7 @@ impl Gateway {
         )?;
         warnings.extend(notes);
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
+        let live = attempts::install(config, &opts.resilience, &backends, &control, &tls)?;
         Ok((
             Gateway {
                 backends,
@@ -182,6 +189,7 @@ impl Gateway {
                 tls,
                 inflight: InflightLimiter::new(opts.max_in_flight),
                 max_body_bytes: opts.max_body_bytes,
+                live,
             },
             warnings,
         ))

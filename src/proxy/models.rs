@@ -136,6 +136,7 @@ async fn read_to_end(core: &Core, backend: &Backend, ex: Exchange) -> Result<Byt
         mut conn,
         resp,
         leftover,
+        ..
     } = ex;
     let mut buf = leftover;
     let mut body = BytesMut::new();

@@ -141,6 +141,7 @@ pub async fn respond(
         mut conn,
         resp,
         mut leftover,
+        attempts,
     } = ex;
     let http10 = req.version == Version::Http10;
     let sse = resp
@@ -206,6 +207,11 @@ pub async fn respond(
         keep_length,
         req.version.connection_field(close),
     );
+    // Before the head's final CRLF: how many attempts this answer took.
+    if scratch.ends_with(b"\r\n\r\n") {
+        scratch.truncate(scratch.len() - 2);
+        super::attempts::write_attempts_header(&mut scratch, attempts);
+    }
 
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
     if let Mode::Length(n) = mode {

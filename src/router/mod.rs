@@ -8,7 +8,12 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod live;
 pub mod retry;
+
+use std::sync::Arc;
+
+use crate::guardrails::Guardrails;
 
 /// A backend index with its weight (> 0).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,6 +113,10 @@ impl Iterator for Candidates<'_> {
 struct Rule {
     pattern: String,
     group: Group,
+    /// Position in the file (for [`Router::with_rule_guardrails`]).
+    index: usize,
+    /// The rule's guardrails: they replace the key's for requests it matches.
+    guardrails: Option<Arc<Guardrails>>,
 }
 
 /// The compiled router.
@@ -126,32 +135,56 @@ impl Router {
             default,
             ..Router::default()
         };
-        for (pattern, exact, group) in rules {
+        for (index, (pattern, exact, group)) in rules.into_iter().enumerate() {
+            let guardrails = None;
             if exact {
-                r.exact.push(Rule { pattern, group });
+                r.exact.push(Rule {
+                    pattern,
+                    group,
+                    index,
+                    guardrails,
+                });
             } else {
                 let pattern = pattern.strip_suffix('*').unwrap_or(&pattern).to_string();
-                r.prefix.push(Rule { pattern, group });
+                r.prefix.push(Rule {
+                    pattern,
+                    group,
+                    index,
+                    guardrails,
+                });
             }
         }
         r
     }
 
-    /// The group serving `model` (the default group when no rule matches or there is no model).
-    pub fn group_for(&self, model: Option<&str>) -> &Group {
-        if let Some(m) = model {
-            if let Some(rule) = self.exact.iter().find(|r| r.pattern == m) {
-                return &rule.group;
-            }
-            if let Some(rule) = self
-                .prefix
+    /// Attach compiled guardrails to the rules, given in file order.
+    pub fn with_rule_guardrails(mut self, guards: Vec<Option<Arc<Guardrails>>>) -> Router {
+        for rule in self.exact.iter_mut().chain(self.prefix.iter_mut()) {
+            rule.guardrails = guards.get(rule.index).cloned().flatten();
+        }
+        self
+    }
+
+    /// The group serving `model` and the matching rule's guardrails, if it has any.
+    pub fn route(&self, model: Option<&str>) -> (&Group, Option<&Arc<Guardrails>>) {
+        match self.rule_for(model) {
+            Some(rule) => (&rule.group, rule.guardrails.as_ref()),
+            None => (&self.default, None),
+        }
+    }
+
+    fn rule_for(&self, model: Option<&str>) -> Option<&Rule> {
+        let m = model?;
+        self.exact.iter().find(|r| r.pattern == m).or_else(|| {
+            self.prefix
                 .iter()
                 .find(|r| m.starts_with(r.pattern.as_str()))
-            {
-                return &rule.group;
-            }
-        }
-        &self.default
+        })
+    }
+
+    /// The group serving `model` (the default group when no rule matches or there is no model).
+    pub fn group_for(&self, model: Option<&str>) -> &Group {
+        self.route(model).0
     }
 
     /// Ordered candidate backends for `model`, for the request identified by `request_id`.

@@ -45,6 +45,8 @@ pub struct Backend {
     pub server_name: Option<ServerName<'static>>,
     /// Translation provider and provider options (default: plain passthrough).
     pub native: super::provider::Native,
+    /// `model_map`: (from, to), `*` for every other model.
+    pub model_map: Vec<(String, String)>,
 }
 
 /// The configured headers, plus `Authorization: Bearer <provider_config.api_key>` for an
@@ -133,7 +135,20 @@ impl Backend {
             inflight: c.max_in_flight.map(InflightLimiter::new),
             server_name,
             native,
+            model_map: c.model_map.clone(),
         })
+    }
+
+    /// The model this backend should receive for `model` (`model_map`: an exact entry, then
+    /// `*`), or `None` when the model is sent as is.
+    pub fn map_model(&self, model: &str) -> Option<&str> {
+        let to = self
+            .model_map
+            .iter()
+            .find(|(from, _)| from == model)
+            .or_else(|| self.model_map.iter().find(|(from, _)| from == "*"))
+            .map(|(_, to)| to.as_str())?;
+        (to != model).then_some(to)
     }
 
     /// True when the backend injects a header called `name` (lower-case).
