@@ -107,6 +107,14 @@ pub struct Args {
     pub budget_fail_closed: bool,
     /// `--store-flush-ms N` (default 500).
     pub store_flush_ms: u64,
+    /// `--prometheus-metrics`: serve `GET /metrics/prometheus`.
+    pub prometheus_metrics: bool,
+    /// `--prometheus-max-{key,model,backend,path}-series N`, in that order.
+    pub prometheus_max_series: [Option<usize>; 4],
+    /// `--otel` (also implied by `--otel-endpoint`).
+    pub otel: bool,
+    /// `--otel-endpoint URL`.
+    pub otel_endpoint: Option<String>,
     /// Flags of the original that we accept but do not implement yet, as given (e.g.
     /// "--sqlite"), for startup warnings. Names only (values may be secrets), each once.
     pub unimplemented: Vec<String>,
@@ -135,6 +143,10 @@ impl Args {
             proxy_usage_max_body_bytes: DEFAULT_USAGE_MAX_BODY_BYTES,
             budget_fail_closed: false,
             store_flush_ms: DEFAULT_STORE_FLUSH_MS,
+            prometheus_metrics: false,
+            prometheus_max_series: [None; 4],
+            otel: false,
+            otel_endpoint: None,
             unimplemented: Vec::new(),
         }
     }
@@ -272,13 +284,13 @@ const FLAGS: &[Flag] = &[
     later("--proxy-health-check-interval-secs", "SECS", Value::Number, "health probe interval (default 10)"),
     later("--proxy-health-check-timeout-secs", "SECS", Value::Number, "health probe timeout (default 2)"),
     flag("--pricing-litellm", "PATH", Value::Text, "LiteLLM price JSON for cost budgets"),
-    later("--prometheus-metrics", "", Value::None, "serve /metrics/prometheus"),
-    later("--prometheus-max-key-series", "N", Value::Number, "cap on per-key metric series"),
-    later("--prometheus-max-model-series", "N", Value::Number, "cap on per-model metric series"),
-    later("--prometheus-max-backend-series", "N", Value::Number, "cap on per-backend metric series"),
-    later("--prometheus-max-path-series", "N", Value::Number, "cap on per-path metric series"),
-    later("--otel", "", Value::None, "export OpenTelemetry traces"),
-    later("--otel-endpoint", "URL", Value::Text, "OpenTelemetry collector endpoint"),
+    flag("--prometheus-metrics", "", Value::None, "serve /metrics/prometheus"),
+    flag("--prometheus-max-key-series", "N", Value::Number, "cap on per-key metric series (default 1000)"),
+    flag("--prometheus-max-model-series", "N", Value::Number, "cap on per-model metric series (default 200)"),
+    flag("--prometheus-max-backend-series", "N", Value::Number, "cap on per-backend metric series (default 100)"),
+    flag("--prometheus-max-path-series", "N", Value::Number, "cap on per-path metric series (paths are labelled by a fixed endpoint class)"),
+    flag("--otel", "", Value::None, "export OpenTelemetry traces (OTLP/HTTP)"),
+    flag("--otel-endpoint", "URL", Value::Text, "OTLP/HTTP collector endpoint (default http://127.0.0.1:4318; implies --otel)"),
     later("--otel-json", "", Value::None, "OpenTelemetry JSON log output"),
     later("--devtools", "PATH", Value::Text, "devtools event log"),
 ];
@@ -485,6 +497,22 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
         "--proxy-usage-max-body-bytes" => out.proxy_usage_max_body_bytes = count(given, &value)?,
         "--budget-fail-closed" => out.budget_fail_closed = true,
         "--store-flush-ms" => out.store_flush_ms = count(given, &value)? as u64,
+        "--prometheus-metrics" => out.prometheus_metrics = true,
+        "--prometheus-max-key-series" => out.prometheus_max_series[0] = Some(count(given, &value)?),
+        "--prometheus-max-model-series" => {
+            out.prometheus_max_series[1] = Some(count(given, &value)?)
+        }
+        "--prometheus-max-backend-series" => {
+            out.prometheus_max_series[2] = Some(count(given, &value)?)
+        }
+        "--prometheus-max-path-series" => {
+            out.prometheus_max_series[3] = Some(count(given, &value)?)
+        }
+        "--otel" => out.otel = true,
+        "--otel-endpoint" => {
+            out.otel = true;
+            out.otel_endpoint = Some(value);
+        }
         // Every implemented flag in FLAGS has an arm above; the test
         // `every_implemented_flag_is_applied` keeps it that way.
         other => return Err(err(format!("flag {other} is not handled"))),
@@ -825,11 +853,11 @@ mod tests {
                 "--proxy-cache-ttl",
                 "--proxy-retry-status-codes",
                 "--proxy-network-error-action",
-                "--otel",
-                "--otel-endpoint",
             ]
         );
         assert!(a.json_logs);
+        assert!(a.otel);
+        assert_eq!(a.otel_endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(a.sqlite.as_deref(), Some(std::path::Path::new("gw.db")));
         assert_eq!(a.admin_token, Some(Secret::Value("secret".into())));
         assert_eq!(
@@ -901,7 +929,10 @@ mod tests {
             .iter()
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
-        assert_eq!(implemented, 11, "admin tokens, pricing, audit, usage body");
+        assert_eq!(
+            implemented, 16,
+            "admin tokens, pricing, audit, usage body, prometheus caps, otel endpoint"
+        );
         assert_eq!(
             a.unimplemented.len(),
             valued.len() - implemented + switches.len()

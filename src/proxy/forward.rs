@@ -138,6 +138,7 @@ pub async fn passthrough(
         RequestBody::Buffered(b) => b.len() as u64,
         RequestBody::Streaming => 0,
     };
+    head.probe.request(key.map(|k| k.id.as_str()), model, body_len);
     let input_estimate = estimate_input_tokens(body_len);
     let output_estimate = facts.max_output.unwrap_or(0);
     let est = Estimate {
@@ -195,6 +196,7 @@ pub async fn passthrough(
             None => None,
         };
         saw_free = true;
+        head.probe.attempt(idx);
         let result = exchange(
             core,
             client,
@@ -207,6 +209,7 @@ pub async fn passthrough(
             send_body,
         )
         .await;
+        super::observe::attempt_result(head, &result);
         match result {
             Ok(ex) => {
                 let permits = Permits {
@@ -232,6 +235,7 @@ pub async fn passthrough(
                         facts.service_tier.as_deref(),
                         reservation,
                         t,
+                        &head.probe,
                     );
                 }
                 return after;
@@ -290,11 +294,15 @@ fn account(
     service_tier: Option<&str>,
     reservation: Reservation,
     tap: &relay::Tap,
+    probe: &crate::metrics::Probe,
 ) {
     let ok = (200..300).contains(&tap.status);
     let usage = tap.usage();
     let model = model.unwrap_or("");
     let cost = usage.map(|u| core.gw.pricing.cost(model, &u, service_tier));
+    if let Some(u) = &usage {
+        probe.usage(u.prompt_tokens, u.completion_tokens, cost);
+    }
     let actual = if ok {
         Actual {
             tokens: usage.map(|u| u.total_tokens),

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod headers;
 pub mod json;
 pub mod models;
+pub mod observe;
 pub mod relay;
 pub mod request_id;
 
@@ -60,6 +61,8 @@ pub struct ProxyOptions {
     pub usage_max_body_bytes: usize,
     /// `--budget-fail-closed`: refuse budgeted requests (503) while the store fails.
     pub budget_fail_closed: bool,
+    /// Metrics, access log and trace settings and sinks.
+    pub obs: crate::metrics::ObsOptions,
 }
 
 impl ProxyOptions {
@@ -76,6 +79,7 @@ impl ProxyOptions {
             audit_retention: None,
             usage_max_body_bytes: 1024 * 1024,
             budget_fail_closed: false,
+            obs: Default::default(),
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Gateway {
     pub tls: Arc<rustls::ClientConfig>,
     pub inflight: InflightLimiter,
     pub max_body_bytes: usize,
+    /// Metrics registry, log and span queues.
+    pub obs: crate::metrics::Observability,
 }
 
 impl Gateway {
@@ -173,6 +179,7 @@ impl Gateway {
         )?;
         warnings.extend(notes);
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
+        let obs = crate::metrics::Observability::new(backends.iter().map(|b| &b.name), &opts.obs);
         Ok((
             Gateway {
                 backends,
@@ -186,6 +193,7 @@ impl Gateway {
                 tls,
                 inflight: InflightLimiter::new(opts.max_in_flight),
                 max_body_bytes: opts.max_body_bytes,
+                obs,
             },
             warnings,
         ))
@@ -204,6 +212,8 @@ pub struct Core {
     pub quota: Quota,
     /// This core's copy of the key snapshot (reloaded when the plane's version moves).
     snapshot: std::cell::RefCell<Arc<Snapshot>>,
+    /// This core's counters and log/span senders.
+    pub obs: crate::metrics::CoreObs,
 }
 
 impl Core {
@@ -212,6 +222,7 @@ impl Core {
             pool: Pool::new(gw.backends.len()),
             quota: Quota::new(gw.control.clone()),
             snapshot: std::cell::RefCell::new(gw.control.snapshot()),
+            obs: gw.obs.for_core(core_id),
             gw,
             ids: request_id::RequestIds::new(core_id),
             shutdown,
@@ -346,6 +357,9 @@ pub async fn handle(
         (Method::Get | Method::Head, "/ready") => {
             return endpoints::ready(core, client, &head, &request_id).await;
         }
+        (Method::Get | Method::Head, "/metrics" | "/metrics/prometheus") => {
+            return observe::metrics(core, client, &head, &request_id).await;
+        }
         _ => {}
     }
     // With virtual keys configured, nothing below reaches an upstream without a valid key.
@@ -418,6 +432,7 @@ pub async fn reply_error(
     close: bool,
 ) -> After {
     let close = close || !head.keep_alive;
+    let e = head.probe.on_error(e, request_id);
     let mut resp = e.to_response_with(request_id, head.version.connection_field(close));
     if head.method == Method::Head {
         // A HEAD response has no body; its length stays as it would be for GET.
@@ -454,6 +469,8 @@ pub async fn reply_json(
     // A request body we never read would be parsed as the next request: close instead.
     let close = close || !head.keep_alive || head.framing.has_body();
     out.extend_from_slice(head.version.connection_field(close).as_bytes());
+    let sent = if head.method == Method::Head { 0 } else { body.len() };
+    head.probe.on_reply(status, request_id, sent, &mut out);
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {
         out.extend_from_slice(body);
