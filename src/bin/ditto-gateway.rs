@@ -152,7 +152,9 @@ fn observability(
         keys: keys.unwrap_or(d.keys),
         models: models.unwrap_or(d.models),
         backends: backends.unwrap_or(d.backends),
-        pairs: d.pairs.min(keys.unwrap_or(d.keys) * models.unwrap_or(d.models)),
+        pairs: d
+            .pairs
+            .min(keys.unwrap_or(d.keys) * models.unwrap_or(d.models)),
     };
     let target = match std::env::var("DITTO_ACCESS_LOG").as_deref() {
         Ok("off") => None,
@@ -183,8 +185,7 @@ fn observability(
                 .otel_endpoint
                 .as_deref()
                 .unwrap_or(ditto_gateway::otel::DEFAULT_ENDPOINT);
-            let exporter =
-                ditto_gateway::otel::OtelExporter::start(endpoint, Default::default())?;
+            let exporter = ditto_gateway::otel::OtelExporter::start(endpoint, Default::default())?;
             info!(
                 "otel: exporting spans to {}",
                 ditto_gateway::otel::traces_url(endpoint)?

@@ -138,7 +138,8 @@ pub async fn passthrough(
         RequestBody::Buffered(b) => b.len() as u64,
         RequestBody::Streaming => 0,
     };
-    head.probe.request(key.map(|k| k.id.as_str()), model, body_len);
+    head.probe
+        .request(key.map(|k| k.id.as_str()), model, body_len);
     let input_estimate = estimate_input_tokens(body_len);
     let output_estimate = facts.max_output.unwrap_or(0);
     let est = Estimate {

@@ -469,7 +469,11 @@ pub async fn reply_json(
     // A request body we never read would be parsed as the next request: close instead.
     let close = close || !head.keep_alive || head.framing.has_body();
     out.extend_from_slice(head.version.connection_field(close).as_bytes());
-    let sent = if head.method == Method::Head { 0 } else { body.len() };
+    let sent = if head.method == Method::Head {
+        0
+    } else {
+        body.len()
+    };
     head.probe.on_reply(status, request_id, sent, &mut out);
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {

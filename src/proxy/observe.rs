@@ -8,7 +8,7 @@ use monoio::net::TcpStream;
 
 use super::forward::{Exchange, ExchangeError};
 use super::{After, Core};
-use crate::error::{GatewayError, ErrorType};
+use crate::error::{ErrorType, GatewayError};
 use crate::http::io::write_all_timeout;
 use crate::http::limits::CLIENT_WRITE_TIMEOUT;
 use crate::http::{Method, RequestHead};

@@ -12,6 +12,7 @@ mod control;
 mod faults;
 mod keys;
 mod limits;
+mod observability;
 mod pool;
 mod proxy;
 mod review;
