@@ -933,9 +933,10 @@ mod tests {
             implemented, 16,
             "admin tokens, pricing, audit, usage body, prometheus caps, otel endpoint"
         );
+        let switches_implemented = 2; // --prometheus-metrics, --otel
         assert_eq!(
             a.unimplemented.len(),
-            valued.len() - implemented + switches.len()
+            valued.len() - implemented + switches.len() - switches_implemented
         );
         for store in ["--state", "--redis", "--redis-env", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);
