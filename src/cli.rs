@@ -109,6 +109,14 @@ pub struct Args {
     pub store_flush_ms: u64,
     /// `--proxy-retry*`, `--proxy-cb-*`, `--proxy-health-check*`.
     pub resilience: crate::router::live::ResilienceOptions,
+    /// `--prometheus-metrics`: serve `GET /metrics/prometheus`.
+    pub prometheus_metrics: bool,
+    /// `--prometheus-max-{key,model,backend,path}-series N`, in that order.
+    pub prometheus_max_series: [Option<usize>; 4],
+    /// `--otel` (also implied by `--otel-endpoint`).
+    pub otel: bool,
+    /// `--otel-endpoint URL`.
+    pub otel_endpoint: Option<String>,
     /// Flags of the original that we accept but do not implement yet, as given (e.g.
     /// "--sqlite"), for startup warnings. Names only (values may be secrets), each once.
     pub unimplemented: Vec<String>,
@@ -138,6 +146,10 @@ impl Args {
             budget_fail_closed: false,
             store_flush_ms: DEFAULT_STORE_FLUSH_MS,
             resilience: Default::default(),
+            prometheus_metrics: false,
+            prometheus_max_series: [None; 4],
+            otel: false,
+            otel_endpoint: None,
             unimplemented: Vec::new(),
         }
     }
@@ -275,13 +287,13 @@ const FLAGS: &[Flag] = &[
     flag("--proxy-health-check-interval-secs", "SECS", Value::Number, "health probe interval (default 10)"),
     flag("--proxy-health-check-timeout-secs", "SECS", Value::Number, "health probe timeout (default 2)"),
     flag("--pricing-litellm", "PATH", Value::Text, "LiteLLM price JSON for cost budgets"),
-    later("--prometheus-metrics", "", Value::None, "serve /metrics/prometheus"),
-    later("--prometheus-max-key-series", "N", Value::Number, "cap on per-key metric series"),
-    later("--prometheus-max-model-series", "N", Value::Number, "cap on per-model metric series"),
-    later("--prometheus-max-backend-series", "N", Value::Number, "cap on per-backend metric series"),
-    later("--prometheus-max-path-series", "N", Value::Number, "cap on per-path metric series"),
-    later("--otel", "", Value::None, "export OpenTelemetry traces"),
-    later("--otel-endpoint", "URL", Value::Text, "OpenTelemetry collector endpoint"),
+    flag("--prometheus-metrics", "", Value::None, "serve /metrics/prometheus"),
+    flag("--prometheus-max-key-series", "N", Value::Number, "cap on per-key metric series (default 1000)"),
+    flag("--prometheus-max-model-series", "N", Value::Number, "cap on per-model metric series (default 200)"),
+    flag("--prometheus-max-backend-series", "N", Value::Number, "cap on per-backend metric series (default 100)"),
+    flag("--prometheus-max-path-series", "N", Value::Number, "cap on per-path metric series (paths are labelled by a fixed endpoint class)"),
+    flag("--otel", "", Value::None, "export OpenTelemetry traces (OTLP/HTTP)"),
+    flag("--otel-endpoint", "URL", Value::Text, "OTLP/HTTP collector endpoint (default http://127.0.0.1:4318; implies --otel)"),
     later("--otel-json", "", Value::None, "OpenTelemetry JSON log output"),
     later("--devtools", "PATH", Value::Text, "devtools event log"),
 ];
@@ -488,6 +500,22 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
             || c.starts_with("--proxy-health") =>
         {
             resilience_flag(&mut out.resilience, c, given, &value)?
+        }
+        "--prometheus-metrics" => out.prometheus_metrics = true,
+        "--prometheus-max-key-series" => out.prometheus_max_series[0] = Some(count(given, &value)?),
+        "--prometheus-max-model-series" => {
+            out.prometheus_max_series[1] = Some(count(given, &value)?)
+        }
+        "--prometheus-max-backend-series" => {
+            out.prometheus_max_series[2] = Some(count(given, &value)?)
+        }
+        "--prometheus-max-path-series" => {
+            out.prometheus_max_series[3] = Some(count(given, &value)?)
+        }
+        "--otel" => out.otel = true,
+        "--otel-endpoint" => {
+            out.otel = true;
+            out.otel_endpoint = Some(value);
         }
         // Every implemented flag in FLAGS has an arm above; the test
         // `every_implemented_flag_is_applied` keeps it that way.
@@ -876,16 +904,10 @@ mod tests {
             "http://collector:4317",
             "--json-logs",
         ]);
-        assert_eq!(
-            a.unimplemented,
-            vec![
-                "--proxy-cache",
-                "--proxy-cache-ttl",
-                "--otel",
-                "--otel-endpoint",
-            ]
-        );
+        assert_eq!(a.unimplemented, vec!["--proxy-cache", "--proxy-cache-ttl",]);
         assert!(a.json_logs);
+        assert!(a.otel);
+        assert_eq!(a.otel_endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(a.sqlite.as_deref(), Some(std::path::Path::new("gw.db")));
         assert_eq!(a.admin_token, Some(Secret::Value("secret".into())));
         assert_eq!(
@@ -958,14 +980,17 @@ mod tests {
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
         assert_eq!(
-            implemented, 21,
-            "admin tokens, pricing, audit, usage body, retry, breaker, health checks"
+            implemented, 26,
+            "admin tokens, pricing, audit, usage body, retry, breaker, health checks, prometheus caps, otel endpoint"
         );
         let implemented_switches = switches
             .iter()
             .filter(|f| FLAGS.iter().any(|x| x.name == **f && x.implemented))
             .count();
-        assert_eq!(implemented_switches, 3, "retry, breaker, health checks");
+        assert_eq!(
+            implemented_switches, 5,
+            "retry, breaker, health checks, prometheus, otel"
+        );
         assert_eq!(
             a.unimplemented.len(),
             valued.len() - implemented + switches.len() - implemented_switches

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Args) -> Result<(), String> {
+    ditto_gateway::log::set_json(args.json_logs);
     // --dotenv is read first; the process environment wins over it, as in the original.
     let dotenv = match &args.dotenv {
         Some(p) => env::load_dotenv(p).map_err(|e| format!("--dotenv {}: {e}", p.display()))?,
@@ -78,6 +79,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     opts.usage_max_body_bytes = args.proxy_usage_max_body_bytes;
     opts.budget_fail_closed = args.budget_fail_closed;
     opts.resilience = args.resilience.clone();
+    let sinks = observability(&args, &mut opts.obs)?;
     let store = open_store(&args)?;
     let (gw, warnings) = Gateway::build(&config, &opts, store)?;
     for w in warnings {
@@ -110,8 +112,93 @@ fn run(args: cli::Args) -> Result<(), String> {
     handle.join();
     // The cores have reported everything they settled; write it before exiting.
     control.flush();
+    // The cores are gone: write the access log and export the spans still queued.
+    sinks.close();
     info!("stopped");
     Ok(())
+}
+
+/// The access log's writer and the trace exporter, owned here and closed after the drain.
+#[derive(Default)]
+struct Sinks {
+    log: Option<ditto_gateway::log::sink::LogSink>,
+    #[cfg(feature = "gateway-otel")]
+    otel: Option<ditto_gateway::otel::OtelExporter>,
+}
+
+impl Sinks {
+    fn close(self) {
+        if let Some(l) = self.log {
+            l.close();
+        }
+        #[cfg(feature = "gateway-otel")]
+        if let Some(o) = self.otel {
+            o.close();
+        }
+    }
+}
+
+/// Metrics settings, the access log (`--json-logs` for JSON lines; `DITTO_ACCESS_LOG=off`,
+/// `stdout` or `stderr`, default stderr) and the trace exporter (`--otel`).
+fn observability(
+    args: &cli::Args,
+    obs: &mut ditto_gateway::metrics::ObsOptions,
+) -> Result<Sinks, String> {
+    use ditto_gateway::log::sink::{LogFormat, LogSink, LogTarget};
+    let mut sinks = Sinks::default();
+    obs.prometheus = args.prometheus_metrics;
+    let [keys, models, backends, _paths] = args.prometheus_max_series;
+    let d = ditto_gateway::metrics::LabelCaps::default();
+    obs.caps = ditto_gateway::metrics::LabelCaps {
+        keys: keys.unwrap_or(d.keys),
+        models: models.unwrap_or(d.models),
+        backends: backends.unwrap_or(d.backends),
+        pairs: d
+            .pairs
+            .min(keys.unwrap_or(d.keys) * models.unwrap_or(d.models)),
+    };
+    let target = match std::env::var("DITTO_ACCESS_LOG").as_deref() {
+        Ok("off") => None,
+        Ok("stdout") => Some(LogTarget::Stdout),
+        Ok("stderr") | Ok("") | Err(_) => Some(LogTarget::Stderr),
+        Ok(other) => {
+            return Err(format!(
+                "DITTO_ACCESS_LOG={other:?}: expected off, stdout or stderr"
+            ))
+        }
+    };
+    if let Some(target) = target {
+        let format = if args.json_logs {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+        let sink = LogSink::start(target, format)
+            .map_err(|e| format!("cannot start the access log: {e}"))?;
+        obs.log = Some(sink.sender());
+        obs.external.extend(sink.counters());
+        sinks.log = Some(sink);
+    }
+    if args.otel {
+        #[cfg(feature = "gateway-otel")]
+        {
+            let endpoint = args
+                .otel_endpoint
+                .as_deref()
+                .unwrap_or(ditto_gateway::otel::DEFAULT_ENDPOINT);
+            let exporter = ditto_gateway::otel::OtelExporter::start(endpoint, Default::default())?;
+            info!(
+                "otel: exporting spans to {}",
+                ditto_gateway::otel::traces_url(endpoint)?
+            );
+            obs.spans = Some(exporter.sender());
+            obs.external.extend(exporter.counters());
+            sinks.otel = Some(exporter);
+        }
+        #[cfg(not(feature = "gateway-otel"))]
+        return Err("--otel needs the gateway-otel feature".to_string());
+    }
+    Ok(sinks)
 }
 
 /// The store of `--sqlite`, else memory.

@@ -294,6 +294,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent: the client waits before sending the body.
     pub expect_continue: bool,
+    /// Observability: the request's stopwatch and facts (inert until the server starts it).
+    pub probe: crate::metrics::Probe,
 }
 
 impl RequestHead {
@@ -399,6 +401,7 @@ impl RequestHead {
                 framing,
                 keep_alive,
                 expect_continue,
+                probe: Default::default(),
             },
             len,
         )))

@@ -194,6 +194,19 @@ impl CoreMetrics {
         InFlight { cells }
     }
 
+    /// Count an attempt on `backend` in its in-flight gauge (pair with
+    /// [`Self::backend_in_flight_end`]; [`Self::backend_started`] is the guard form).
+    #[inline]
+    pub fn backend_in_flight_start(&self, backend: usize) {
+        self.backend(backend).in_flight.add(1);
+    }
+
+    /// The attempt counted by [`Self::backend_in_flight_start`] is over.
+    #[inline]
+    pub fn backend_in_flight_end(&self, backend: usize) {
+        self.backend(backend).in_flight.sub(1);
+    }
+
     /// The attempt got a response head (`Status`) or failed (`ConnectError`, `Timeout`,
     /// `IoError`); `latency_us` is request sent -> head received (or -> failure).
     #[inline]

@@ -32,11 +32,13 @@
 
 mod core;
 pub mod overhead;
+pub mod probe;
 mod registry;
 mod render;
 pub mod text_format;
 
 pub use self::core::{CoreMetrics, CoreSlot, InFlight, RequestDone};
+pub use self::probe::{CoreObs, Finish, ObsOptions, Observability, Probe};
 pub use self::registry::{
     BackendTotals, ExternalCounter, LabelCaps, Registry, Snapshot, UsageTotals,
 };

@@ -154,6 +154,8 @@ pub async fn passthrough(
         RequestBody::Buffered(b) => b.len() as u64,
         RequestBody::Streaming => 0,
     };
+    head.probe
+        .request(key.map(|k| k.id.as_str()), model, body_len);
     let input_estimate = estimate_input_tokens(body_len);
     let output_estimate = facts.max_output.unwrap_or(0);
     let est = Estimate {
@@ -221,6 +223,7 @@ pub async fn passthrough(
             None => None,
         };
         saw_free = true;
+        head.probe.attempt(idx);
         // `model_map`: this backend's name for the model (one copy of the body, only when
         // the name changes).
         let mapped = model.and_then(|m| backend.map_model(m));
@@ -261,7 +264,7 @@ pub async fn passthrough(
                         started.elapsed(),
                         probe,
                     );
-                    settle_translated(core, key, model, &facts, reservation, &d);
+                    settle_translated(core, key, model, &facts, reservation, &d, &head.probe);
                     return d.after;
                 }
             }
@@ -278,6 +281,7 @@ pub async fn passthrough(
             attempt_body,
         )
         .await;
+        super::observe::attempt_result(head, &result);
         match result {
             Ok(ex)
                 if mode == super::translate::Mode::PassThenShim
@@ -310,7 +314,7 @@ pub async fn passthrough(
                         last_error = Some(e.with_backend(&backend.name));
                     }
                     super::translate::Outcome::Done(d) => {
-                        settle_translated(core, key, model, &facts, reservation, &d);
+                        settle_translated(core, key, model, &facts, reservation, &d, &head.probe);
                         return d.after;
                     }
                 }
@@ -360,6 +364,7 @@ pub async fn passthrough(
                         reservation,
                         t.status,
                         t.usage(),
+                        &head.probe,
                     );
                 }
                 return after;
@@ -425,6 +430,7 @@ pub fn estimate_input_tokens(body_bytes: u64) -> u64 {
 /// Settle a relayed request's reservation to the usage its response reported, and add it to
 /// the key's cost totals. An error status refunds tokens; a response whose usage never came
 /// (a stream cut short, an upstream that does not report it) keeps what was reserved.
+#[allow(clippy::too_many_arguments)]
 fn account(
     core: &Core,
     key: &crate::auth::VirtualKey,
@@ -433,10 +439,14 @@ fn account(
     reservation: Reservation,
     status: u16,
     usage: Option<crate::usage::Usage>,
+    probe: &crate::metrics::Probe,
 ) {
     let ok = (200..300).contains(&status);
     let model = model.unwrap_or("");
     let cost = usage.map(|u| core.gw.pricing.cost(model, &u, service_tier));
+    if let Some(u) = &usage {
+        probe.usage(u.prompt_tokens, u.completion_tokens, cost);
+    }
     let actual = if ok {
         Actual {
             tokens: usage.map(|u| u.total_tokens),
@@ -460,6 +470,7 @@ fn account(
 
 /// [`account`] for a request served by [`super::translate::serve`]: a request refused before
 /// reaching the upstream consumes no quota.
+#[allow(clippy::too_many_arguments)]
 fn settle_translated(
     core: &Core,
     key: Option<&std::sync::Arc<crate::auth::VirtualKey>>,
@@ -467,6 +478,7 @@ fn settle_translated(
     facts: &RequestFacts<'_>,
     reservation: Reservation,
     d: &super::translate::Done,
+    probe: &crate::metrics::Probe,
 ) {
     match key {
         Some(k) if d.sent => account(
@@ -477,6 +489,7 @@ fn settle_translated(
             reservation,
             d.status,
             d.usage,
+            probe,
         ),
         _ => core.quota.cancel(reservation),
     }

@@ -79,6 +79,7 @@ pub fn upstream_request(
             || name.eq_ignore_ascii_case("x-request-id")
             || starts_with_ignore_case(name, "x-ditto-")
             || named_by_connection(connection, name)
+            || (head.probe.traced() && name.eq_ignore_ascii_case("traceparent"))
             // Any key header carrying the virtual key: the gateway's credential, never the
             // upstream's (a client may send it in more than one header).
             || strip.is_some_and(|token| crate::auth::carries_token(name, value, token))
@@ -98,6 +99,7 @@ pub fn upstream_request(
         let _ = write!(out, "{k}: {v}\r\n");
     }
     let _ = write!(out, "x-request-id: {request_id}\r\n");
+    head.probe.write_traceparent(out);
     write_framing(out, framing);
     out.extend_from_slice(b"\r\n");
 }

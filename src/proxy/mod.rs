@@ -16,6 +16,7 @@ pub mod forward;
 pub mod headers;
 pub mod json;
 pub mod models;
+pub mod observe;
 pub mod relay;
 pub mod request_id;
 pub mod translate;
@@ -64,6 +65,8 @@ pub struct ProxyOptions {
     pub budget_fail_closed: bool,
     /// `--proxy-retry*`, `--proxy-cb-*`, `--proxy-health-check*`.
     pub resilience: crate::router::live::ResilienceOptions,
+    /// Metrics, access log and trace settings and sinks.
+    pub obs: crate::metrics::ObsOptions,
 }
 
 impl ProxyOptions {
@@ -81,6 +84,7 @@ impl ProxyOptions {
             usage_max_body_bytes: 1024 * 1024,
             budget_fail_closed: false,
             resilience: Default::default(),
+            obs: Default::default(),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// The live router, breakers, loads and retry policy (see [`attempts`]).
     pub live: Arc<crate::router::live::Live>,
+    /// Metrics registry, log and span queues.
+    pub obs: crate::metrics::Observability,
 }
 
 impl Gateway {
@@ -176,6 +182,7 @@ impl Gateway {
         warnings.extend(notes);
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
         let live = attempts::install(config, &opts.resilience, &backends, &control, &tls)?;
+        let obs = crate::metrics::Observability::new(backends.iter().map(|b| &b.name), &opts.obs);
         Ok((
             Gateway {
                 backends,
@@ -190,6 +197,7 @@ impl Gateway {
                 inflight: InflightLimiter::new(opts.max_in_flight),
                 max_body_bytes: opts.max_body_bytes,
                 live,
+                obs,
             },
             warnings,
         ))
@@ -208,6 +216,8 @@ pub struct Core {
     pub quota: Quota,
     /// This core's copy of the key snapshot (reloaded when the plane's version moves).
     snapshot: std::cell::RefCell<Arc<Snapshot>>,
+    /// This core's counters and log/span senders.
+    pub obs: crate::metrics::CoreObs,
 }
 
 impl Core {
@@ -216,6 +226,7 @@ impl Core {
             pool: Pool::new(gw.backends.len()),
             quota: Quota::new(gw.control.clone()),
             snapshot: std::cell::RefCell::new(gw.control.snapshot()),
+            obs: gw.obs.for_core(core_id),
             gw,
             ids: request_id::RequestIds::new(core_id),
             shutdown,
@@ -350,6 +361,9 @@ pub async fn handle(
         (Method::Get | Method::Head, "/ready") => {
             return endpoints::ready(core, client, &head, &request_id).await;
         }
+        (Method::Get | Method::Head, "/metrics" | "/metrics/prometheus") => {
+            return observe::metrics(core, client, &head, &request_id).await;
+        }
         _ => {}
     }
     // With virtual keys configured, nothing below reaches an upstream without a valid key.
@@ -422,6 +436,7 @@ pub async fn reply_error(
     close: bool,
 ) -> After {
     let close = close || !head.keep_alive;
+    let e = head.probe.on_error(e, request_id);
     let mut resp = if translate::is_messages_path(head.method, head.path()) {
         // Anthropic clients read Anthropic-shaped errors (issue 6).
         translate::anthropic_error_response(&e, request_id, head.version.connection_field(close))
@@ -463,6 +478,12 @@ pub async fn reply_json(
     // A request body we never read would be parsed as the next request: close instead.
     let close = close || !head.keep_alive || head.framing.has_body();
     out.extend_from_slice(head.version.connection_field(close).as_bytes());
+    let sent = if head.method == Method::Head {
+        0
+    } else {
+        body.len()
+    };
+    head.probe.on_reply(status, request_id, sent, &mut out);
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {
         out.extend_from_slice(body);

@@ -212,6 +212,8 @@ pub async fn respond(
         scratch.truncate(scratch.len() - 2);
         super::attempts::write_attempts_header(&mut scratch, attempts);
     }
+    req.probe
+        .on_upstream_head(resp.status, request_id, &backend.name, &mut scratch);
 
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
     if let Mode::Length(n) = mode {
@@ -219,6 +221,7 @@ pub async fn respond(
             if let Some(t) = tap.as_deref_mut() {
                 t.feed(&leftover[..n as usize]);
             }
+            req.probe.body_sent(n as usize);
             scratch.extend_from_slice(&leftover[..n as usize]);
             leftover.advance(n as usize);
             mode = Mode::Length(0);
@@ -244,8 +247,10 @@ pub async fn respond(
         &mut mode,
         backend.timeout,
         tap.as_deref_mut(),
+        &req.probe,
     )
     .await;
+    req.probe.relay_ended(sse, ending.outcome());
     drop(permits);
     if let Some(t) = tap {
         t.complete = matches!(ending, Ending::Complete { .. });
@@ -275,6 +280,7 @@ async fn relay_body(
     mode: &mut Mode,
     gap: Duration,
     mut tap: Option<&mut Tap>,
+    probe: &crate::metrics::Probe,
 ) -> Ending {
     loop {
         // 1. Forward what is buffered.
@@ -283,6 +289,7 @@ async fn relay_body(
             Err(()) => return Ending::UpstreamFailed,
         };
         if let Some(piece) = out {
+            probe.body_sent(piece.len());
             if write_all_timeout(client, piece, CLIENT_WRITE_TIMEOUT)
                 .await
                 .is_err()
@@ -296,7 +303,10 @@ async fn relay_body(
             };
         }
         // 2. Read more from the upstream, watching for the client leaving.
-        match read_watching(up, buf, client, gap).await {
+        probe.upstream_wait(true);
+        let read = read_watching(up, buf, client, gap).await;
+        probe.upstream_wait(false);
+        match read {
             Read::Data => {}
             Read::Eof => {
                 return match mode {
@@ -337,6 +347,18 @@ async fn relay_body(
             }
             Read::Failed => return Ending::UpstreamFailed,
             Read::ClientGone => return Ending::ClientGone,
+        }
+    }
+}
+
+impl Ending {
+    /// The outcome label of a relayed body.
+    fn outcome(&self) -> crate::metrics::StreamEnd {
+        use crate::metrics::StreamEnd;
+        match self {
+            Ending::Complete { .. } => StreamEnd::Completed,
+            Ending::UpstreamFailed => StreamEnd::UpstreamFailed,
+            Ending::ClientGone => StreamEnd::ClientGone,
         }
     }
 }

@@ -677,6 +677,8 @@ async fn stream(
         out.extend_from_slice(head.version.connection_field(close).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    head.probe
+        .on_upstream_head(200, request_id, &backend.name, &mut out);
     if write_all_timeout(client, out.split().freeze(), CLIENT_WRITE_TIMEOUT)
         .await
         .is_err()
@@ -877,6 +879,13 @@ async fn reply(
         extra,
         head.version.connection_field(close),
     );
+    // Metrics and `x-ditto-overhead-us`, as on every other answer.
+    let backend = extra
+        .iter()
+        .find(|(k, _)| *k == "x-ditto-backend")
+        .map_or("", |(_, v)| v.as_str());
+    head.probe
+        .on_upstream_head(status, request_id, backend, &mut out);
     out.extend_from_slice(body);
     match write_all_timeout(client, out.freeze(), CLIENT_WRITE_TIMEOUT).await {
         Ok(()) if !close => After::KeepAlive,

@@ -26,14 +26,14 @@ pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
             Err(e) => {
                 let _ = write_all_timeout(
                     &mut client,
-                    e.to_response(&core.ids.next_id(), true),
+                    proxy::observe::head_error(&core, e, &core.ids.next_id()),
                     CLIENT_WRITE_TIMEOUT,
                 )
                 .await;
                 return linger(&mut client, &mut buf).await;
             }
         };
-        match proxy::handle(&core, &mut client, &mut buf, head).await {
+        match proxy::observe::serve_request(&core, &mut client, &mut buf, head).await {
             After::KeepAlive if !core.shutdown.is_fired() => {}
             // Draining and nothing unread: close at once rather than wait out the linger.
             _ if core.shutdown.is_fired()

@@ -72,6 +72,8 @@ pub struct UpConn {
     pub reused: bool,
     /// When it was last returned to the pool.
     pub idle_since: Instant,
+    /// Counts the connection in its backend's open-connection metrics until dropped.
+    pub counted: Option<crate::metrics::probe::ConnCount>,
 }
 
 impl UpConn {
@@ -92,7 +94,14 @@ impl UpConn {
             stream,
             reused: false,
             idle_since: Instant::now(),
+            counted: None,
         }
+    }
+
+    /// Count this new connection in `backend`'s connection metrics until it is dropped.
+    pub fn counted(mut self, backend: usize) -> UpConn {
+        self.counted = Some(crate::metrics::probe::ConnCount::opened(backend));
+        self
     }
 
     /// An idle connection is usable only if the server has neither closed it nor sent bytes

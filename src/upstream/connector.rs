@@ -26,7 +26,7 @@ impl std::fmt::Display for ConnectError {
 /// Connect to `backend` (TCP, then TLS if needed) within `backend.connect_timeout`.
 pub async fn connect(backend: &Backend, tls: &Arc<ClientConfig>) -> Result<UpConn, ConnectError> {
     match monoio::time::timeout(backend.connect_timeout, connect_inner(backend, tls)).await {
-        Ok(r) => r,
+        Ok(r) => r.map(|c| c.counted(backend.index)),
         Err(_) => Err(ConnectError {
             timed_out: true,
             message: format!(

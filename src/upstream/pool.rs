@@ -37,10 +37,12 @@ impl Pool {
             // The peek is the one syscall per request left on io_uring; correctness first.
             if now.duration_since(conn.idle_since) < backend.idle_ttl && conn.is_idle_and_open() {
                 conn.reused = true;
+                crate::metrics::probe::pool_reused(backend.index, stack.len());
                 return Some(conn);
             }
             // Too old or closed by the server: dropping closes it.
         }
+        crate::metrics::probe::pool_idle(backend.index, 0);
         None
     }
 
@@ -63,5 +65,6 @@ impl Pool {
         stack.drain(..expired + over);
         conn.idle_since = now;
         stack.push(conn);
+        crate::metrics::probe::pool_idle(backend.index, stack.len());
     }
 }

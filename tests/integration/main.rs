@@ -13,6 +13,7 @@ mod faults;
 mod guardrails;
 mod keys;
 mod limits;
+mod observability;
 mod pool;
 mod proxy;
 mod resilience;
