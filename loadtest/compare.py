@@ -159,7 +159,9 @@ http {{
             }, f)
         self.gw = self.start([self.gw_bin, cfg, "--listen", f"127.0.0.1:{self.gw_port}", "--workers", str(workers),
                               "--proxy-max-in-flight", "100000"], proxy_cpus,
-                             env={"MONOIO_FORCE_LEGACY_DRIVER": "1"} if self.args.gateway_legacy else None)
+                             # nginx runs with access_log off: the gateway's access log off too.
+                             env=dict({"DITTO_ACCESS_LOG": "off"},
+                                      **({"MONOIO_FORCE_LEGACY_DRIVER": "1"} if self.args.gateway_legacy else {})))
         wait_port(self.nginx_port)
         wait_port(self.gw_port)
         time.sleep(0.3)

@@ -29,7 +29,9 @@ PRICES = {"gpt-4o-mini": {"input_cost_per_token": 1.5e-07, "output_cost_per_toke
 def gateway(bench, cfg, workers, cpus, extra):
     port = free_port()
     p = bench.start([bench.gw_bin, cfg, "--listen", f"127.0.0.1:{port}", "--workers", str(workers),
-                     "--proxy-max-in-flight", "100000"] + extra, cpus)
+                     "--proxy-max-in-flight", "100000"] + extra, cpus,
+                    # Both gateways without the access log: only the control plane differs.
+                    env={"DITTO_ACCESS_LOG": "off"})
     wait_port(port)
     return p, port
 
