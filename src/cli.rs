@@ -97,6 +97,10 @@ pub struct Args {
     pub admin_tenant_tokens: Vec<(String, Secret, bool)>,
     /// `--sqlite PATH`.
     pub sqlite: Option<PathBuf>,
+    /// `--redis URL` | `--redis-env VAR`.
+    pub redis: Option<Secret>,
+    /// `--redis-prefix P` (default `ditto`).
+    pub redis_prefix: String,
     /// `--pricing-litellm PATH`.
     pub pricing_litellm: Option<PathBuf>,
     /// `--audit-retention-secs N`.
@@ -130,6 +134,8 @@ impl Args {
             admin_read_token: None,
             admin_tenant_tokens: Vec::new(),
             sqlite: None,
+            redis: None,
+            redis_prefix: "ditto".to_string(),
             pricing_litellm: None,
             audit_retention_secs: None,
             proxy_usage_max_body_bytes: DEFAULT_USAGE_MAX_BODY_BYTES,
@@ -242,9 +248,9 @@ const FLAGS: &[Flag] = &[
     flag("--admin-tenant-read-token-env", "TENANT=VAR", Value::Pair, "read-only tenant admin token from an environment variable (repeatable)"),
     later("--state", "PATH", Value::Text, "keep virtual keys in a JSON state file (one store only)"),
     flag("--sqlite", "PATH", Value::Text, "SQLite store (one store only)"),
-    later("--redis", "URL", Value::Text, "Redis store (one store only)"),
-    later("--redis-env", "VAR", Value::Text, "Redis URL from an environment variable"),
-    later("--redis-prefix", "PREFIX", Value::Text, "Redis key prefix (default ditto)"),
+    flag("--redis", "URL", Value::Text, "Redis store, shared by replicas (one store only)"),
+    flag("--redis-env", "VAR", Value::Text, "Redis URL from an environment variable"),
+    flag("--redis-prefix", "PREFIX", Value::Text, "Redis key prefix (default ditto)"),
     later("--pg", "URL", Value::Text, "PostgreSQL store (one store only)"),
     later("--mysql", "URL", Value::Text, "MySQL store (one store only)"),
     flag("--audit-retention-secs", "SECS", Value::Number, "delete audit records older than this"),
@@ -480,6 +486,9 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
                 .push((tenant.to_string(), secret, write));
         }
         "--sqlite" => out.sqlite = Some(PathBuf::from(value)),
+        "--redis" => out.redis = Some(Secret::Value(value)),
+        "--redis-env" => out.redis = Some(Secret::Env(value)),
+        "--redis-prefix" => out.redis_prefix = value,
         "--pricing-litellm" => out.pricing_litellm = Some(PathBuf::from(value)),
         "--audit-retention-secs" => out.audit_retention_secs = Some(number(given, &value)?),
         "--proxy-usage-max-body-bytes" => out.proxy_usage_max_body_bytes = count(given, &value)?,
@@ -901,12 +910,15 @@ mod tests {
             .iter()
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
-        assert_eq!(implemented, 11, "admin tokens, pricing, audit, usage body");
+        assert_eq!(
+            implemented, 12,
+            "admin tokens, redis prefix, pricing, audit, usage body"
+        );
         assert_eq!(
             a.unimplemented.len(),
             valued.len() - implemented + switches.len()
         );
-        for store in ["--state", "--redis", "--redis-env", "--pg", "--mysql"] {
+        for store in ["--state", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);
             assert_eq!(a.unimplemented, vec![store.to_string()]);
         }
@@ -918,9 +930,11 @@ mod tests {
             fail(&["g.json", "--sqlite", "a.db", "--redis", "redis://h"]),
             "only one store can be used, found both sqlite and redis flags"
         );
-        // Two spellings of the same store are fine.
+        // Two spellings of the same store are fine (the last one wins).
         let a = run(&["g.json", "--redis", "redis://h", "--redis-env", "REDIS_URL"]);
-        assert_eq!(a.unimplemented, vec!["--redis", "--redis-env"]);
+        assert!(a.unimplemented.is_empty());
+        assert_eq!(a.redis, Some(Secret::Env("REDIS_URL".into())));
+        assert_eq!(a.redis_prefix, "ditto");
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     opts.audit_retention = args.audit_retention_secs.map(Duration::from_secs);
     opts.usage_max_body_bytes = args.proxy_usage_max_body_bytes;
     opts.budget_fail_closed = args.budget_fail_closed;
-    let store = open_store(&args)?;
+    let store = open_store(&args, &lookup)?;
     let (gw, warnings) = Gateway::build(&config, &opts, store)?;
     for w in warnings {
         warn!("{w}");
@@ -113,8 +113,14 @@ fn run(args: cli::Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The store of `--sqlite`, else memory.
-fn open_store(args: &cli::Args) -> Result<Box<dyn Store>, String> {
+/// The store of `--sqlite` or `--redis`, else memory.
+fn open_store(
+    args: &cli::Args,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Store>, String> {
+    if let Some(url) = &args.redis {
+        return open_redis(&url.resolve("--redis", lookup)?, &args.redis_prefix);
+    }
     match &args.sqlite {
         #[cfg(feature = "gateway-store-sqlite")]
         Some(path) => {
@@ -126,6 +132,19 @@ fn open_store(args: &cli::Args) -> Result<Box<dyn Store>, String> {
         Some(_) => Err("--sqlite needs the gateway-store-sqlite feature".to_string()),
         None => Ok(Box::new(MemoryStore::new())),
     }
+}
+
+#[cfg(feature = "gateway-store-redis")]
+fn open_redis(url: &str, prefix: &str) -> Result<Box<dyn Store>, String> {
+    use ditto_gateway::control::store::redis::{redact_url, RedisStore};
+    let s = RedisStore::open(url, prefix).map_err(|e| format!("--redis: {e}"))?;
+    info!("store: redis {} (prefix {prefix})", redact_url(url));
+    Ok(Box::new(s))
+}
+
+#[cfg(not(feature = "gateway-store-redis"))]
+fn open_redis(_url: &str, _prefix: &str) -> Result<Box<dyn Store>, String> {
+    Err("--redis needs the gateway-store-redis feature".to_string())
 }
 
 /// Resolve the admin token flags (values or environment variables).
