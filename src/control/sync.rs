@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::meter::{Grant, Kind, MeterId, MeterState};
 use super::plane::Plane;
-use super::store::{MeterKey, MeterTotals};
+use super::store::{MeterKey, MeterTotals, Write};
 use super::{unix_now, AdminRequest, Msg, ScopeInfo, Settlement};
 
 /// Start the store's change watcher: each change becomes a reload message. The watcher holds
@@ -129,7 +129,8 @@ impl Plane {
             return;
         };
         let keys = match g.load_keys() {
-            Ok(k) => k,
+            Ok(Some(k)) => k,
+            Ok(None) => return self.reseed(),
             Err(e) => {
                 self.set_store_ok(Some(e.to_string()));
                 return;
@@ -146,6 +147,24 @@ impl Plane {
                 crate::error!("keys changed in the store are invalid, keeping the old ones: {e}");
                 self.keys = old;
             }
+        }
+    }
+
+    /// The store came back empty (Redis restarted without persistence): write this replica's
+    /// key table back rather than deleting every key. Ledgers that were lost stay lost; run
+    /// Redis with persistence (AOF) for durable budgets.
+    fn reseed(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let batch: Vec<Write> = self.keys.values().cloned().map(Write::PutKey).collect();
+        match self.store.write(&batch) {
+            Ok(()) => crate::warn!(
+                "{} store came back empty: wrote this replica's {} key(s) back",
+                self.store.name(),
+                batch.len()
+            ),
+            Err(e) => self.set_store_ok(Some(e.to_string())),
         }
     }
 

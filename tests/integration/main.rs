@@ -14,6 +14,7 @@ mod keys;
 mod limits;
 mod pool;
 mod proxy;
+mod replicas;
 mod review;
 mod routing;
 mod shutdown;

@@ -188,8 +188,9 @@ pub trait Global {
     fn sync(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError>;
     /// Current totals of some meters.
     fn totals(&mut self, meters: &[MeterKey]) -> Result<Vec<MeterTotals>, StoreError>;
-    /// The key records as stored now (live propagation and periodic resync).
-    fn load_keys(&mut self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// The key records as stored now (live propagation and periodic resync); `None` when the
+    /// store has lost its data (a Redis restarted without persistence).
+    fn load_keys(&mut self) -> Result<Option<Vec<KeyRecord>>, StoreError>;
     /// True when a periodic full resync of the key table is due.
     fn resync_due(&mut self) -> bool;
     /// Start watching for changes made by other processes: `notify(true)` on a change (and

@@ -795,10 +795,18 @@ impl Global for RedisStore {
             .collect())
     }
 
-    fn load_keys(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
+    fn load_keys(&mut self) -> Result<Option<Vec<KeyRecord>>, StoreError> {
         self.last_resync = Instant::now();
-        let map: BTreeMap<String, String> =
-            self.run(|con, s| redis::cmd("HGETALL").arg(s.k("keys")).query(con))?;
+        let (version, map): (Option<u64>, BTreeMap<String, String>) = self.run(|con, s| {
+            redis::pipe()
+                .get(s.k("keys:version"))
+                .hgetall(s.k("keys"))
+                .query(con)
+        })?;
+        if version.is_none() && map.is_empty() {
+            // Every key write bumps the version: none at all means the data is gone.
+            return Ok(None);
+        }
         let mut out = Vec::with_capacity(map.len());
         for (id, json) in map {
             match serde_json::from_str::<KeyRecord>(&json) {
@@ -806,7 +814,7 @@ impl Global for RedisStore {
                 Err(e) => return Err(StoreError(format!("stored key \"{id}\": {e}"))),
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn resync_due(&mut self) -> bool {
