@@ -101,6 +101,8 @@ pub struct Args {
     pub redis: Option<Secret>,
     /// `--redis-prefix P` (default `ditto`).
     pub redis_prefix: String,
+    /// `--proxy-cache` and its settings (`None` when off).
+    pub proxy_cache: Option<crate::cache::CacheOptions>,
     /// `--pricing-litellm PATH`.
     pub pricing_litellm: Option<PathBuf>,
     /// `--audit-retention-secs N`.
@@ -136,6 +138,7 @@ impl Args {
             sqlite: None,
             redis: None,
             redis_prefix: "ditto".to_string(),
+            proxy_cache: None,
             pricing_litellm: None,
             audit_retention_secs: None,
             proxy_usage_max_body_bytes: DEFAULT_USAGE_MAX_BODY_BYTES,
@@ -258,12 +261,12 @@ const FLAGS: &[Flag] = &[
     flag("--budget-fail-closed", "", Value::None, "refuse budgeted requests (503) while the store is failing"),
     later("--backend", "NAME=URL", Value::Pair, "add a non-proxy HTTP backend (repeatable)"),
     flag("--proxy-usage-max-body-bytes", "N", Value::Number, "largest response body scanned for usage"),
-    later("--proxy-cache", "", Value::None, "cache upstream responses"),
-    later("--proxy-cache-ttl", "SECS", Value::Number, "proxy cache entry lifetime"),
-    later("--proxy-cache-max-entries", "N", Value::Number, "proxy cache size in entries"),
-    later("--proxy-cache-max-body-bytes", "N", Value::Number, "largest cached response body"),
-    later("--proxy-cache-max-total-body-bytes", "N", Value::Number, "proxy cache size in bytes"),
-    later("--proxy-cache-streaming", "", Value::None, "also cache streamed (stream=true) responses"),
+    flag("--proxy-cache", "", Value::None, "cache upstream responses (memory per core, plus Redis with --redis)"),
+    flag("--proxy-cache-ttl", "SECS", Value::Number, "proxy cache entry lifetime (default 300)"),
+    flag("--proxy-cache-max-entries", "N", Value::Number, "proxy cache entries per core (default 10000)"),
+    flag("--proxy-cache-max-body-bytes", "N", Value::Number, "largest cached response body (default 1048576)"),
+    flag("--proxy-cache-max-total-body-bytes", "N", Value::Number, "proxy cache body bytes, all cores (default 268435456)"),
+    flag("--proxy-cache-streaming", "", Value::None, "also cache streamed (stream=true) responses"),
     later("--proxy-retry", "", Value::None, "retry failed requests on the next backend"),
     later("--proxy-retry-status-codes", "CODES", Value::StatusCodes, "statuses to retry (default 429,500,502,503,504)"),
     later("--proxy-fallback-status-codes", "CODES", Value::StatusCodes, "statuses that fall back to the next backend"),
@@ -489,6 +492,18 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
         "--redis" => out.redis = Some(Secret::Value(value)),
         "--redis-env" => out.redis = Some(Secret::Env(value)),
         "--redis-prefix" => out.redis_prefix = value,
+        "--proxy-cache" => {
+            cache(out);
+        }
+        "--proxy-cache-ttl" => {
+            cache(out).ttl = std::time::Duration::from_secs(count(given, &value)? as u64)
+        }
+        "--proxy-cache-max-entries" => cache(out).max_entries = count(given, &value)?,
+        "--proxy-cache-max-body-bytes" => cache(out).max_body_bytes = count(given, &value)?,
+        "--proxy-cache-max-total-body-bytes" => {
+            cache(out).max_total_body_bytes = count(given, &value)?
+        }
+        "--proxy-cache-streaming" => cache(out).streaming = true,
         "--pricing-litellm" => out.pricing_litellm = Some(PathBuf::from(value)),
         "--audit-retention-secs" => out.audit_retention_secs = Some(number(given, &value)?),
         "--proxy-usage-max-body-bytes" => out.proxy_usage_max_body_bytes = count(given, &value)?,
@@ -499,6 +514,11 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
         other => return Err(err(format!("flag {other} is not handled"))),
     }
     Ok(())
+}
+
+/// The cache settings a `--proxy-cache-*` flag changes (they imply `--proxy-cache`).
+fn cache(out: &mut Args) -> &mut crate::cache::CacheOptions {
+    out.proxy_cache.get_or_insert_with(Default::default)
 }
 
 /// `HOST:PORT` where HOST is a name, an IPv4 address or a bracketed IPv6 address. Port 0 asks
@@ -830,8 +850,6 @@ mod tests {
         assert_eq!(
             a.unimplemented,
             vec![
-                "--proxy-cache",
-                "--proxy-cache-ttl",
                 "--proxy-retry-status-codes",
                 "--proxy-network-error-action",
                 "--otel",
@@ -911,12 +929,13 @@ mod tests {
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
         assert_eq!(
-            implemented, 12,
-            "admin tokens, redis prefix, pricing, audit, usage body"
+            implemented, 16,
+            "admin tokens, redis prefix, proxy cache, pricing, audit, usage body"
         );
         assert_eq!(
             a.unimplemented.len(),
-            valued.len() - implemented + switches.len()
+            valued.len() - implemented + switches.len() - 2,
+            "--proxy-cache and --proxy-cache-streaming are implemented"
         );
         for store in ["--state", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);

@@ -77,6 +77,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     opts.audit_retention = args.audit_retention_secs.map(Duration::from_secs);
     opts.usage_max_body_bytes = args.proxy_usage_max_body_bytes;
     opts.budget_fail_closed = args.budget_fail_closed;
+    opts.cache = proxy_cache(&args, &lookup)?;
     let store = open_store(&args, &lookup)?;
     let (gw, warnings) = Gateway::build(&config, &opts, store)?;
     for w in warnings {
@@ -132,6 +133,35 @@ fn open_store(
         Some(_) => Err("--sqlite needs the gateway-store-sqlite feature".to_string()),
         None => Ok(Box::new(MemoryStore::new())),
     }
+}
+
+/// `--proxy-cache` settings, with the Redis tier when `--redis` is set.
+fn proxy_cache(
+    args: &cli::Args,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ditto_gateway::cache::CacheOptions>, String> {
+    let Some(mut c) = args.proxy_cache.clone() else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "gateway-proxy-cache") {
+        return Err("--proxy-cache needs the gateway-proxy-cache feature".to_string());
+    }
+    if let Some(url) = &args.redis {
+        c.redis = Some((url.resolve("--redis", lookup)?, args.redis_prefix.clone()));
+    }
+    info!(
+        "proxy cache: ttl {}s, {} entries/core, bodies up to {} bytes{}{}",
+        c.ttl.as_secs(),
+        c.max_entries,
+        c.max_body_bytes,
+        if c.streaming { ", streams too" } else { "" },
+        if c.redis.is_some() {
+            ", Redis tier"
+        } else {
+            ""
+        }
+    );
+    Ok(Some(c))
 }
 
 #[cfg(feature = "gateway-store-redis")]

@@ -60,6 +60,8 @@ pub struct ProxyOptions {
     pub usage_max_body_bytes: usize,
     /// `--budget-fail-closed`: refuse budgeted requests (503) while the store fails.
     pub budget_fail_closed: bool,
+    /// `--proxy-cache` and its settings.
+    pub cache: Option<crate::cache::CacheOptions>,
 }
 
 impl ProxyOptions {
@@ -76,6 +78,7 @@ impl ProxyOptions {
             audit_retention: None,
             usage_max_body_bytes: 1024 * 1024,
             budget_fail_closed: false,
+            cache: None,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct Gateway {
     pub tls: Arc<rustls::ClientConfig>,
     pub inflight: InflightLimiter,
     pub max_body_bytes: usize,
+    /// The proxy cache (`--proxy-cache`).
+    pub cache: Option<Arc<crate::cache::ProxyCache>>,
 }
 
 impl Gateway {
@@ -173,6 +178,7 @@ impl Gateway {
         )?;
         warnings.extend(notes);
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
+        let cache = crate::cache::ProxyCache::build(opts.cache.as_ref(), opts.workers)?;
         Ok((
             Gateway {
                 backends,
@@ -186,6 +192,7 @@ impl Gateway {
                 tls,
                 inflight: InflightLimiter::new(opts.max_in_flight),
                 max_body_bytes: opts.max_body_bytes,
+                cache,
             },
             warnings,
         ))
