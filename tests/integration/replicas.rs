@@ -127,6 +127,24 @@ impl Redis {
         self.signal(libc::SIGCONT);
     }
 
+    /// Run one command over RESP; the raw reply.
+    pub fn cmd(&self, args: &[&[u8]]) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&out).expect("write redis");
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).expect("read redis");
+        buf.truncate(n);
+        buf
+    }
+
     pub fn aof_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
@@ -222,6 +240,11 @@ fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Poll `f` until it returns Some, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    eventually("a condition", limit, f)
 }
 
 fn store_ok(gw: &Gateway) -> bool {
