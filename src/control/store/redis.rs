@@ -210,6 +210,8 @@ pub struct RedisStore {
     /// Where the queue spills when it holds more than [`QUEUE_MAX`] meters.
     spill: PathBuf,
     spilled: bool,
+    /// [`QUEUE_MAX`], lowered by tests.
+    queue_max: usize,
     batch_seq: u64,
     batch_tag: String,
     last_resync: Instant,
@@ -240,6 +242,7 @@ impl RedisStore {
                 std::process::id()
             )),
             spilled: false,
+            queue_max: QUEUE_MAX,
             batch_seq: 0,
             batch_tag: tag,
             last_resync: Instant::now(),
@@ -733,7 +736,7 @@ impl Global for RedisStore {
         let e = self.queue.entry(meter).or_default();
         e.0 = e.0.saturating_add(spent);
         e.1 = e.1.saturating_add(released);
-        if self.queue.len() > QUEUE_MAX {
+        if self.queue.len() > self.queue_max {
             self.spill_queue();
         }
     }
@@ -880,5 +883,138 @@ fn subscriber(client: Client, channel: String, mut notify: Box<dyn FnMut(bool) -
                 Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    fn redis_server(port: u16) -> Option<Child> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(child)
+    }
+
+    fn stop(mut c: Child) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@h:6380/1"),
+            "redis://user@h:6380/1"
+        );
+        assert_eq!(redact_url("redis://h"), "redis://h");
+        assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn usage_queued_while_redis_is_down_spills_to_disk_and_is_replayed() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            eprintln!("redis-server is not installed: skipping");
+            return;
+        };
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut s = RedisStore::open(&url, "u1").expect("open");
+        s.queue_max = 5;
+        let meters: Vec<MeterKey> = (0..20)
+            .map(|i| MeterKey {
+                ledger: format!("key:k{i}"),
+                kind: Kind::Tokens,
+                window: 0,
+            })
+            .collect();
+        stop(server);
+        for m in &meters {
+            s.settle(m.clone(), 10, 0);
+            s.settle(m.clone(), 5, 0);
+        }
+        assert!(s.spilled && s.spill.exists(), "the queue spilled to disk");
+        assert!(s.sync("owner").is_err(), "redis is down");
+        let server = redis_server(port).expect("restart");
+        let end = Instant::now() + Duration::from_secs(15);
+        while s.sync("owner").is_err() {
+            assert!(Instant::now() < end, "never reconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!s.spill.exists(), "the spill file is gone once replayed");
+        let totals = s.totals(&meters).expect("totals");
+        assert!(totals.iter().all(|t| t.spent == 15), "{totals:?}");
+        // The ledgers are indexed for the next start.
+        let p = s.load(0).expect("load");
+        assert_eq!(p.ledgers.len(), 20);
+        stop(server);
+    }
+
+    #[test]
+    fn leases_from_two_processes_never_exceed_the_limit() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            return;
+        };
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut a = RedisStore::open(&url, "u2").expect("open");
+        let mut b = RedisStore::open(&url, "u2").expect("open");
+        let m = MeterKey {
+            ledger: "key:x".into(),
+            kind: Kind::Tokens,
+            window: 0,
+        };
+        let mut granted = [0u64; 2];
+        for i in 0.. {
+            let s = if i % 2 == 0 { &mut a } else { &mut b };
+            let g = s
+                .lease(&format!("o{}", i % 2), &m, 1000, 7, 4)
+                .expect("lease");
+            if g.granted == 0 {
+                break;
+            }
+            granted[i % 2] += g.granted;
+        }
+        let total = granted[0] + granted[1];
+        assert!(total <= 1000 && total > 990, "{total}");
+        let reap = |a: &mut RedisStore| {
+            a.write(&[Write::ReapReservations {
+                keep_owner: "o0".into(),
+                before: u64::MAX,
+            }])
+            .expect("reap");
+            a.totals(std::slice::from_ref(&m)).expect("totals")[0]
+        };
+        // Both owners are alive (fresh heartbeats): nothing is reaped.
+        assert_eq!(reap(&mut a).outstanding, total);
+        // o1 falls silent: its leases go back, o0's stay.
+        a.run(|con, s| {
+            redis::cmd("ZADD")
+                .arg(s.k("owners"))
+                .arg(0)
+                .arg("o1")
+                .query::<()>(con)
+        })
+        .expect("zadd");
+        assert_eq!(reap(&mut a).outstanding, granted[0]);
+        stop(server);
     }
 }
