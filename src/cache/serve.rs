@@ -37,6 +37,7 @@ const VARY: &[&str] = &[
 /// A miss this task fetches from upstream; other tasks of the core wait for it.
 pub struct Miss {
     lead: Lead,
+    #[cfg_attr(not(feature = "gateway-store-redis"), allow(dead_code))]
     hex: String,
     sse_allowed: bool,
 }
