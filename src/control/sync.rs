@@ -150,6 +150,25 @@ impl Plane {
         }
     }
 
+    /// Before `GET /admin/costs`: write this replica's totals, then read everyone's.
+    fn refresh_costs(&mut self) {
+        self.flush();
+        if self.store_error.is_some() {
+            return;
+        }
+        let Some(g) = self.store.global() else {
+            return;
+        };
+        match g.costs() {
+            Ok(rows) => {
+                for c in rows {
+                    self.costs.insert((c.key_id.clone(), c.model.clone()), c);
+                }
+            }
+            Err(e) => self.set_store_ok(Some(e.to_string())),
+        }
+    }
+
     /// The store came back empty (Redis restarted without persistence): write this replica's
     /// key table back rather than deleting every key. Ledgers that were lost stay lost; run
     /// Redis with persistence (AOF) for durable budgets.
@@ -171,10 +190,14 @@ impl Plane {
     /// Before an admin read of budgets: push this replica's queued usage and mirror every
     /// budget meter's global totals, so any replica answers with the global figures.
     pub(super) fn before_admin(&mut self, req: &AdminRequest) {
-        if req.method != "GET" || req.path.trim_end_matches('/') != "/admin/budgets" {
+        let path = req.path.trim_end_matches('/');
+        if req.method != "GET" || self.store.global().is_none() {
             return;
         }
-        if self.store.global().is_none() {
+        if path == "/admin/costs" {
+            return self.refresh_costs();
+        }
+        if path != "/admin/budgets" {
             return;
         }
         self.global_sync();

@@ -339,10 +339,17 @@ fn rpm_and_budget_hold_across_three_replicas_hammered_at_once() {
         used >= 450,
         "only {used} tokens spent: quota parked somewhere"
     );
-    // Every replica reports the same global ledger.
+    // Every replica reports the same global ledger and cost totals.
     for gw in &gws {
         eventually("the global ledger", Duration::from_secs(5), || {
             (budget_row(gw, "key:spend")["spent"].as_u64() == Some(used)).then_some(())
+        });
+        eventually("the global cost totals", Duration::from_secs(5), || {
+            let c = admin(gw, "GET", "/admin/costs?key_id=spend", None).json();
+            let requests: u64 = c["data"]
+                .as_array()
+                .map_or(0, |d| d.iter().filter_map(|r| r["requests"].as_u64()).sum());
+            (requests == ok).then_some(())
         });
     }
 }

@@ -191,6 +191,8 @@ pub trait Global {
     /// The key records as stored now (live propagation and periodic resync); `None` when the
     /// store has lost its data (a Redis restarted without persistence).
     fn load_keys(&mut self) -> Result<Option<Vec<KeyRecord>>, StoreError>;
+    /// Cost totals of every process, as stored now (after this process's last write).
+    fn costs(&mut self) -> Result<Vec<CostRow>, StoreError>;
     /// True when a periodic full resync of the key table is due.
     fn resync_due(&mut self) -> bool;
     /// Start watching for changes made by other processes: `notify(true)` on a change (and

@@ -412,6 +412,25 @@ impl RedisStore {
                 }
             }
         }
+        p.costs = Self::load_costs(con, s)?;
+        let cutoff = unix_now_ms().saturating_sub(STALE_MS);
+        p.reservations = Self::stale_reservations(con, s, cutoff)?;
+        if audit_tail > 0 {
+            let tail: Vec<String> = redis::cmd("LRANGE")
+                .arg(s.k("audit"))
+                .arg(-(audit_tail as i64))
+                .arg(-1)
+                .query(con)?;
+            for a in tail {
+                if let Ok(e) = serde_json::from_str::<AuditEntry>(&a) {
+                    p.audit.push(e);
+                }
+            }
+        }
+        Ok(Ok(p))
+    }
+
+    fn load_costs(con: &mut Connection, s: &Self) -> Result<Vec<CostRow>, RedisError> {
         let mut costs: BTreeMap<String, CostRow> = BTreeMap::new();
         for field in COST_FIELDS {
             let h: HashMap<String, u64> = redis::cmd("HGETALL")
@@ -434,22 +453,7 @@ impl RedisStore {
                 }
             }
         }
-        p.costs = costs.into_values().collect();
-        let cutoff = unix_now_ms().saturating_sub(STALE_MS);
-        p.reservations = Self::stale_reservations(con, s, cutoff)?;
-        if audit_tail > 0 {
-            let tail: Vec<String> = redis::cmd("LRANGE")
-                .arg(s.k("audit"))
-                .arg(-(audit_tail as i64))
-                .arg(-1)
-                .query(con)?;
-            for a in tail {
-                if let Ok(e) = serde_json::from_str::<AuditEntry>(&a) {
-                    p.audit.push(e);
-                }
-            }
-        }
-        Ok(Ok(p))
+        Ok(costs.into_values().collect())
     }
 
     /// Append the in-memory queue to the spill file and empty it.
@@ -818,6 +822,16 @@ impl Global for RedisStore {
             }
         }
         Ok(Some(out))
+    }
+
+    fn costs(&mut self) -> Result<Vec<CostRow>, StoreError> {
+        let rows = self.run(|con, s| Self::load_costs(con, s))?;
+        // These are now what this process's rows are measured against.
+        self.cost_base = rows
+            .iter()
+            .map(|c| ((c.key_id.clone(), c.model.clone()), c.clone()))
+            .collect();
+        Ok(rows)
     }
 
     fn resync_due(&mut self) -> bool {
