@@ -825,7 +825,7 @@ impl Global for RedisStore {
     }
 
     fn costs(&mut self) -> Result<Vec<CostRow>, StoreError> {
-        let rows = self.run(|con, s| Self::load_costs(con, s))?;
+        let rows = self.run(Self::load_costs)?;
         // These are now what this process's rows are measured against.
         self.cost_base = rows
             .iter()
