@@ -606,3 +606,45 @@ fn redis_down_at_startup_is_a_clear_error_without_the_password() {
     );
     assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
 }
+
+#[test]
+fn budget_fail_closed_refuses_budgeted_requests_while_redis_is_gone() {
+    let Some(mut redis) = Redis::start_with(true) else {
+        return;
+    };
+    let mock = Mock::start();
+    let config = cfg(
+        &mock,
+        json!([
+            {"id": "b", "token": "sk-b", "budget": {"total_tokens": 100000}},
+            {"id": "free", "token": "sk-free"}
+        ]),
+    );
+    let gw = Gateway::builder(&config)
+        .args(&[
+            "--redis",
+            &redis.url(),
+            "--redis-prefix",
+            "t6",
+            "--admin-token",
+            ADMIN,
+            "--store-flush-ms",
+            "100",
+            "--budget-fail-closed",
+        ])
+        .start();
+    assert_eq!(chat_as(&gw, "sk-b", &capped(false)).status, 200);
+    redis.kill();
+    eventually("budgeted requests refused", Duration::from_secs(5), || {
+        let r = chat_as(&gw, "sk-b", &capped(false));
+        (r.status == 503).then_some(())
+    });
+    assert_eq!(get(&gw.url("/ready"), &[]).status, 503);
+    // A key without a budget is not affected.
+    assert_eq!(chat_as(&gw, "sk-free", &capped(false)).status, 200);
+    redis.restart();
+    eventually("the store is back", Duration::from_secs(10), || {
+        (chat_as(&gw, "sk-b", &capped(false)).status == 200).then_some(())
+    });
+    assert_eq!(get(&gw.url("/ready"), &[]).status, 200);
+}
