@@ -97,6 +97,12 @@ pub struct Args {
     pub admin_tenant_tokens: Vec<(String, Secret, bool)>,
     /// `--sqlite PATH`.
     pub sqlite: Option<PathBuf>,
+    /// `--redis URL` | `--redis-env VAR`.
+    pub redis: Option<Secret>,
+    /// `--redis-prefix P` (default `ditto`).
+    pub redis_prefix: String,
+    /// `--proxy-cache` and its settings (`None` when off).
+    pub proxy_cache: Option<crate::cache::CacheOptions>,
     /// `--pricing-litellm PATH`.
     pub pricing_litellm: Option<PathBuf>,
     /// `--audit-retention-secs N`.
@@ -140,6 +146,9 @@ impl Args {
             admin_read_token: None,
             admin_tenant_tokens: Vec::new(),
             sqlite: None,
+            redis: None,
+            redis_prefix: "ditto".to_string(),
+            proxy_cache: None,
             pricing_litellm: None,
             audit_retention_secs: None,
             proxy_usage_max_body_bytes: DEFAULT_USAGE_MAX_BODY_BYTES,
@@ -257,9 +266,9 @@ const FLAGS: &[Flag] = &[
     flag("--admin-tenant-read-token-env", "TENANT=VAR", Value::Pair, "read-only tenant admin token from an environment variable (repeatable)"),
     later("--state", "PATH", Value::Text, "keep virtual keys in a JSON state file (one store only)"),
     flag("--sqlite", "PATH", Value::Text, "SQLite store (one store only)"),
-    later("--redis", "URL", Value::Text, "Redis store (one store only)"),
-    later("--redis-env", "VAR", Value::Text, "Redis URL from an environment variable"),
-    later("--redis-prefix", "PREFIX", Value::Text, "Redis key prefix (default ditto)"),
+    flag("--redis", "URL", Value::Text, "Redis store, shared by replicas (one store only)"),
+    flag("--redis-env", "VAR", Value::Text, "Redis URL from an environment variable"),
+    flag("--redis-prefix", "PREFIX", Value::Text, "Redis key prefix (default ditto)"),
     later("--pg", "URL", Value::Text, "PostgreSQL store (one store only)"),
     later("--mysql", "URL", Value::Text, "MySQL store (one store only)"),
     flag("--audit-retention-secs", "SECS", Value::Number, "delete audit records older than this"),
@@ -267,12 +276,12 @@ const FLAGS: &[Flag] = &[
     flag("--budget-fail-closed", "", Value::None, "refuse budgeted requests (503) while the store is failing"),
     later("--backend", "NAME=URL", Value::Pair, "add a non-proxy HTTP backend (repeatable)"),
     flag("--proxy-usage-max-body-bytes", "N", Value::Number, "largest response body scanned for usage"),
-    later("--proxy-cache", "", Value::None, "cache upstream responses"),
-    later("--proxy-cache-ttl", "SECS", Value::Number, "proxy cache entry lifetime"),
-    later("--proxy-cache-max-entries", "N", Value::Number, "proxy cache size in entries"),
-    later("--proxy-cache-max-body-bytes", "N", Value::Number, "largest cached response body"),
-    later("--proxy-cache-max-total-body-bytes", "N", Value::Number, "proxy cache size in bytes"),
-    later("--proxy-cache-streaming", "", Value::None, "also cache streamed (stream=true) responses"),
+    flag("--proxy-cache", "", Value::None, "cache upstream responses (memory per core, plus Redis with --redis)"),
+    flag("--proxy-cache-ttl", "SECS", Value::Number, "proxy cache entry lifetime (default 300)"),
+    flag("--proxy-cache-max-entries", "N", Value::Number, "proxy cache entries per core (default 10000)"),
+    flag("--proxy-cache-max-body-bytes", "N", Value::Number, "largest cached response body (default 1048576)"),
+    flag("--proxy-cache-max-total-body-bytes", "N", Value::Number, "proxy cache body bytes, all cores (default 268435456)"),
+    flag("--proxy-cache-streaming", "", Value::None, "also cache streamed (stream=true) responses"),
     flag("--proxy-retry", "", Value::None, "retry failed requests on the next backend"),
     flag("--proxy-retry-status-codes", "CODES", Value::StatusCodes, "statuses to retry (default 429,500,502,503,504)"),
     flag("--proxy-fallback-status-codes", "CODES", Value::StatusCodes, "statuses that fall back to the next backend"),
@@ -487,6 +496,21 @@ fn apply(out: &mut Args, canonical: &str, given: &str, value: String) -> Result<
                 .push((tenant.to_string(), secret, write));
         }
         "--sqlite" => out.sqlite = Some(PathBuf::from(value)),
+        "--redis" => out.redis = Some(Secret::Value(value)),
+        "--redis-env" => out.redis = Some(Secret::Env(value)),
+        "--redis-prefix" => out.redis_prefix = value,
+        "--proxy-cache" => {
+            cache(out);
+        }
+        "--proxy-cache-ttl" => {
+            cache(out).ttl = std::time::Duration::from_secs(count(given, &value)? as u64)
+        }
+        "--proxy-cache-max-entries" => cache(out).max_entries = count(given, &value)?,
+        "--proxy-cache-max-body-bytes" => cache(out).max_body_bytes = count(given, &value)?,
+        "--proxy-cache-max-total-body-bytes" => {
+            cache(out).max_total_body_bytes = count(given, &value)?
+        }
+        "--proxy-cache-streaming" => cache(out).streaming = true,
         "--pricing-litellm" => out.pricing_litellm = Some(PathBuf::from(value)),
         "--audit-retention-secs" => out.audit_retention_secs = Some(number(given, &value)?),
         "--proxy-usage-max-body-bytes" => out.proxy_usage_max_body_bytes = count(given, &value)?,
@@ -576,6 +600,11 @@ fn resilience_flag(
         other => return Err(err(format!("flag {other} is not handled"))),
     }
     Ok(())
+}
+
+/// The cache settings a `--proxy-cache-*` flag changes (they imply `--proxy-cache`).
+fn cache(out: &mut Args) -> &mut crate::cache::CacheOptions {
+    out.proxy_cache.get_or_insert_with(Default::default)
 }
 
 /// `HOST:PORT` where HOST is a name, an IPv4 address or a bracketed IPv6 address. Port 0 asks
@@ -904,7 +933,7 @@ mod tests {
             "http://collector:4317",
             "--json-logs",
         ]);
-        assert_eq!(a.unimplemented, vec!["--proxy-cache", "--proxy-cache-ttl",]);
+        assert!(a.unimplemented.is_empty(), "{:?}", a.unimplemented);
         assert!(a.json_logs);
         assert!(a.otel);
         assert_eq!(a.otel_endpoint.as_deref(), Some("http://collector:4317"));
@@ -980,22 +1009,22 @@ mod tests {
             .filter(|(f, _)| FLAGS.iter().any(|x| x.name == *f && x.implemented))
             .count();
         assert_eq!(
-            implemented, 26,
-            "admin tokens, pricing, audit, usage body, retry, breaker, health checks, prometheus caps, otel endpoint"
+            implemented, 31,
+            "admin tokens, redis prefix, proxy cache, pricing, audit, usage body, retry, breaker, health checks, prometheus caps, otel endpoint"
         );
         let implemented_switches = switches
             .iter()
             .filter(|f| FLAGS.iter().any(|x| x.name == **f && x.implemented))
             .count();
         assert_eq!(
-            implemented_switches, 5,
-            "retry, breaker, health checks, prometheus, otel"
+            implemented_switches, 7,
+            "proxy cache, cache streaming, retry, breaker, health checks, prometheus, otel"
         );
         assert_eq!(
             a.unimplemented.len(),
             valued.len() - implemented + switches.len() - implemented_switches
         );
-        for store in ["--state", "--redis", "--redis-env", "--pg", "--mysql"] {
+        for store in ["--state", "--pg", "--mysql"] {
             let a = run(&["g.json", store, "x"]);
             assert_eq!(a.unimplemented, vec![store.to_string()]);
         }
@@ -1007,9 +1036,11 @@ mod tests {
             fail(&["g.json", "--sqlite", "a.db", "--redis", "redis://h"]),
             "only one store can be used, found both sqlite and redis flags"
         );
-        // Two spellings of the same store are fine.
+        // Two spellings of the same store are fine (the last one wins).
         let a = run(&["g.json", "--redis", "redis://h", "--redis-env", "REDIS_URL"]);
-        assert_eq!(a.unimplemented, vec!["--redis", "--redis-env"]);
+        assert!(a.unimplemented.is_empty());
+        assert_eq!(a.redis, Some(Secret::Env("REDIS_URL".into())));
+        assert_eq!(a.redis_prefix, "ditto");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! - [`mock`]: the mock upstream used by tests and load tests (a test tool, not a product part).
 
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -80,7 +80,8 @@ fn run(args: cli::Args) -> Result<(), String> {
     opts.budget_fail_closed = args.budget_fail_closed;
     opts.resilience = args.resilience.clone();
     let sinks = observability(&args, &mut opts.obs)?;
-    let store = open_store(&args)?;
+    opts.cache = proxy_cache(&args, &lookup)?;
+    let store = open_store(&args, &lookup)?;
     let (gw, warnings) = Gateway::build(&config, &opts, store)?;
     for w in warnings {
         warn!("{w}");
@@ -201,8 +202,14 @@ fn observability(
     Ok(sinks)
 }
 
-/// The store of `--sqlite`, else memory.
-fn open_store(args: &cli::Args) -> Result<Box<dyn Store>, String> {
+/// The store of `--sqlite` or `--redis`, else memory.
+fn open_store(
+    args: &cli::Args,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Store>, String> {
+    if let Some(url) = &args.redis {
+        return open_redis(&url.resolve("--redis", lookup)?, &args.redis_prefix);
+    }
     match &args.sqlite {
         #[cfg(feature = "gateway-store-sqlite")]
         Some(path) => {
@@ -214,6 +221,48 @@ fn open_store(args: &cli::Args) -> Result<Box<dyn Store>, String> {
         Some(_) => Err("--sqlite needs the gateway-store-sqlite feature".to_string()),
         None => Ok(Box::new(MemoryStore::new())),
     }
+}
+
+/// `--proxy-cache` settings, with the Redis tier when `--redis` is set.
+fn proxy_cache(
+    args: &cli::Args,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ditto_gateway::cache::CacheOptions>, String> {
+    let Some(mut c) = args.proxy_cache.clone() else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "gateway-proxy-cache") {
+        return Err("--proxy-cache needs the gateway-proxy-cache feature".to_string());
+    }
+    if let Some(url) = &args.redis {
+        c.redis = Some((url.resolve("--redis", lookup)?, args.redis_prefix.clone()));
+    }
+    info!(
+        "proxy cache: ttl {}s, {} entries/core, bodies up to {} bytes{}{}",
+        c.ttl.as_secs(),
+        c.max_entries,
+        c.max_body_bytes,
+        if c.streaming { ", streams too" } else { "" },
+        if c.redis.is_some() {
+            ", Redis tier"
+        } else {
+            ""
+        }
+    );
+    Ok(Some(c))
+}
+
+#[cfg(feature = "gateway-store-redis")]
+fn open_redis(url: &str, prefix: &str) -> Result<Box<dyn Store>, String> {
+    use ditto_gateway::control::store::redis::{redact_url, RedisStore};
+    let s = RedisStore::open(url, prefix).map_err(|e| format!("--redis: {e}"))?;
+    info!("store: redis {} (prefix {prefix})", redact_url(url));
+    Ok(Box::new(s))
+}
+
+#[cfg(not(feature = "gateway-store-redis"))]
+fn open_redis(_url: &str, _prefix: &str) -> Result<Box<dyn Store>, String> {
+    Err("--redis needs the gateway-store-redis feature".to_string())
 }
 
 /// Resolve the admin token flags (values or environment variables).

@@ -161,6 +161,15 @@ impl Meters {
         }
     }
 
+    /// Take a shared store's totals for a window (Redis: the plane's meters mirror the
+    /// global counters). An older window than the one held is ignored.
+    pub fn mirror(&mut self, id: MeterId, state: MeterState) {
+        let s = self.at(id, state.window);
+        if s.window == state.window {
+            *s = state;
+        }
+    }
+
     pub fn get(&self, id: MeterId) -> Option<MeterState> {
         self.map.get(&id).copied()
     }

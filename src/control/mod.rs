@@ -20,6 +20,7 @@ pub mod keys;
 pub mod meter;
 mod plane;
 pub mod store;
+mod sync;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,6 +102,18 @@ pub struct Settlement {
     pub released: u64,
 }
 
+impl Settlement {
+    /// Unused leased units given back: nothing spent, `units` released.
+    pub fn give_back(meter: MeterId, window: u64, units: u64) -> Settlement {
+        Settlement {
+            meter,
+            window,
+            spent: 0,
+            released: units,
+        }
+    }
+}
+
 /// Per key and model usage totals reported by a core (increments).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageDelta {
@@ -180,6 +193,8 @@ enum Msg {
     Flush(flume::Sender<()>),
     /// Breakers, health checks, router changes ([`backends`]).
     Backends(backends::BackendMsg),
+    /// Another replica changed the shared store's keys: reload them.
+    StoreChanged,
 }
 
 /// State the plane publishes for the cores to read without a message.
@@ -244,6 +259,7 @@ impl ControlHandle {
         });
         let (mut plane, notes) = plane::Plane::load(opts, store, config_keys, shared.clone())?;
         let (tx, rx) = flume::unbounded::<Msg>();
+        sync::watch(&mut plane, &tx);
         // The thread ends by itself when the last handle is dropped.
         std::thread::Builder::new()
             .name("ditto-control".into())

@@ -210,10 +210,12 @@ impl Plane {
             }
             Msg::GiveBack(units) => {
                 for (meter, window, n) in units {
+                    self.global_settle(&Settlement::give_back(meter, window, n));
                     self.meters.give_back(meter, window, n);
                 }
             }
             Msg::Admin(req, reply) => {
+                self.before_admin(&req);
                 let _ = reply.send(self.admin(*req));
             }
             Msg::Flush(reply) => {
@@ -221,6 +223,7 @@ impl Plane {
                 let _ = reply.send(());
             }
             Msg::Backends(m) => self.backends_msg(m),
+            Msg::StoreChanged => self.reload_keys(),
         }
     }
 
@@ -260,10 +263,14 @@ impl Plane {
         } else {
             u64::MAX / 32
         };
+        if let Some(g) = self.global_lease(&scope, meter, limit, window, need, cores) {
+            return g;
+        }
         self.meters.lease(meter, limit, window, need, cores)
     }
 
     fn settle(&mut self, s: Settlement) {
+        self.global_settle(&s);
         if self.meters.settle(s.meter, s.window, s.spent, s.released) && s.meter.kind.is_budget() {
             self.dirty_ledgers.insert(s.meter);
         }
@@ -287,6 +294,7 @@ impl Plane {
     /// failure everything stays dirty and is retried at the next flush (rows are absolute, so
     /// nothing is lost or counted twice).
     pub(super) fn flush(&mut self) {
+        self.global_sync();
         let mut batch = Vec::new();
         for id in &self.dirty_ledgers {
             let (Some(scope), Some(state)) = (self.scope(id.scope), self.meters.get(*id)) else {

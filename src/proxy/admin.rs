@@ -173,6 +173,9 @@ pub async fn handle(
     } else {
         None
     };
+    if head.path() == "/admin/proxy_cache/purge" {
+        return crate::cache::serve::purge(core, client, head, request_id, &role).await;
+    }
     let target = head.target();
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),

@@ -125,6 +125,23 @@ pub async fn passthrough(
             return reply_error(client, head, &request_id, e, unread_body).await;
         }
     }
+    // Proxy cache: a hit is answered here, before any quota or permit is taken.
+    let miss = match crate::cache::serve::lookup(
+        core,
+        client,
+        head,
+        upstream_path,
+        &body,
+        admitted.as_ref(),
+        model,
+        facts.stream,
+        &request_id,
+    )
+    .await
+    {
+        Ok(m) => m,
+        Err(served) => return served,
+    };
 
     let Some(global) = gw.inflight.try_acquire() else {
         let e = super::inflight_error(gw);
@@ -193,6 +210,7 @@ pub async fn passthrough(
     };
     let send_body = rewritten.as_ref().unwrap_or(&body);
     let mut tap = key.map(|_| relay::Tap::new(hide_usage, gw.usage_max_body_bytes));
+    crate::cache::serve::arm(miss.as_ref(), &mut tap, core);
 
     let mut last_error: Option<GatewayError> = None;
     let mut saw_candidate = false;
@@ -355,6 +373,7 @@ pub async fn passthrough(
                     tap.as_mut(),
                 )
                 .await;
+                crate::cache::serve::store(core, miss, tap.as_ref());
                 if let (Some(k), Some(t)) = (key, &tap) {
                     account(
                         core,

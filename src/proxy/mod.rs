@@ -67,6 +67,8 @@ pub struct ProxyOptions {
     pub resilience: crate::router::live::ResilienceOptions,
     /// Metrics, access log and trace settings and sinks.
     pub obs: crate::metrics::ObsOptions,
+    /// `--proxy-cache` and its settings.
+    pub cache: Option<crate::cache::CacheOptions>,
 }
 
 impl ProxyOptions {
@@ -85,6 +87,7 @@ impl ProxyOptions {
             budget_fail_closed: false,
             resilience: Default::default(),
             obs: Default::default(),
+            cache: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct Gateway {
     pub live: Arc<crate::router::live::Live>,
     /// Metrics registry, log and span queues.
     pub obs: crate::metrics::Observability,
+    /// The proxy cache (`--proxy-cache`).
+    pub cache: Option<Arc<crate::cache::ProxyCache>>,
 }
 
 impl Gateway {
@@ -183,6 +188,7 @@ impl Gateway {
         let tls = crate::upstream::tls::client_config(opts.upstream_ca_file.as_deref())?;
         let live = attempts::install(config, &opts.resilience, &backends, &control, &tls)?;
         let obs = crate::metrics::Observability::new(backends.iter().map(|b| &b.name), &opts.obs);
+        let cache = crate::cache::ProxyCache::build(opts.cache.as_ref(), opts.workers)?;
         Ok((
             Gateway {
                 backends,
@@ -198,6 +204,7 @@ impl Gateway {
                 max_body_bytes: opts.max_body_bytes,
                 live,
                 obs,
+                cache,
             },
             warnings,
         ))

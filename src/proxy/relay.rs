@@ -55,6 +55,11 @@ pub struct Tap {
     json: Vec<u8>,
     json_overflow: bool,
     scanner: crate::usage::SseUsageScanner,
+    /// The proxy cache's copy of the body (`None`: not capturing, or over `capture_limit`).
+    pub capture: Option<Vec<u8>>,
+    pub capture_limit: usize,
+    /// The upstream's content type (for the proxy cache).
+    pub content_type: Option<bytes::Bytes>,
 }
 
 impl Tap {
@@ -67,6 +72,7 @@ impl Tap {
     }
 
     fn feed(&mut self, payload: &[u8]) {
+        crate::cache::serve::capture(self, payload);
         if self.sse {
             self.scanner.feed(payload);
         } else if !self.json_overflow {
@@ -77,6 +83,11 @@ impl Tap {
                 self.json.extend_from_slice(payload);
             }
         }
+    }
+
+    /// Whether the body is an event stream.
+    pub fn is_sse(&self) -> bool {
+        self.sse
     }
 
     /// The usage the response reported, if any.
@@ -152,6 +163,10 @@ pub async fn respond(
         Some(t) => {
             t.status = resp.status;
             t.sse = sse;
+            t.content_type = resp
+                .fields
+                .get("content-type")
+                .map(bytes::Bytes::copy_from_slice);
             t.hide_usage && sse && (200..300).contains(&resp.status)
         }
         None => false,

@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod cache;
 mod cli;
 mod codec;
 mod control;
@@ -16,6 +17,7 @@ mod limits;
 mod observability;
 mod pool;
 mod proxy;
+mod replicas;
 mod resilience;
 mod review;
 mod routing;

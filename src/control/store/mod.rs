@@ -10,12 +10,15 @@
 //! and a batch written twice (a retry after an error) is harmless.
 
 pub mod memory;
+#[cfg(feature = "gateway-store-redis")]
+pub mod redis;
 #[cfg(feature = "gateway-store-sqlite")]
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeyRecord;
+use super::meter::Kind;
 
 /// The spent total of one budget ledger: a scope, a unit and a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,4 +133,69 @@ pub trait Store: Send {
     fn write(&mut self, batch: &[Write]) -> Result<(), StoreError>;
     /// Cheap liveness check for `/ready`.
     fn ping(&mut self) -> Result<(), StoreError>;
+    /// A store shared by several gateway processes (Redis) meters quota globally; `None`
+    /// (the default) leaves metering to the plane's own counters.
+    fn global(&mut self) -> Option<&mut dyn Global> {
+        None
+    }
+}
+
+/// One meter window in a shared store: a scope's ledger, a kind, a window index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MeterKey {
+    pub ledger: String,
+    pub kind: Kind,
+    pub window: u64,
+}
+
+/// A shared meter's totals across every process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterTotals {
+    pub spent: u64,
+    pub outstanding: u64,
+}
+
+/// A lease granted by a shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalGrant {
+    /// 0 (refused) or at least what was needed.
+    pub granted: u64,
+    /// What the meter has left after the grant.
+    pub remaining: u64,
+    /// The meter's totals after the grant.
+    pub totals: MeterTotals,
+}
+
+/// Quota metering shared by every process of a store (see `redis.rs`): leases are granted
+/// atomically from `limit - spent - outstanding` of the global counters, so leases alone never
+/// take a meter over its limit whatever the number of replicas.
+pub trait Global {
+    /// Grant at least `need` units (plus a share for `cores` cores), or nothing.
+    fn lease(
+        &mut self,
+        owner: &str,
+        meter: &MeterKey,
+        limit: u64,
+        need: u64,
+        cores: u64,
+    ) -> Result<GlobalGrant, StoreError>;
+    /// Queue settled usage (`spent` used, `released` of the lease consumed); never fails:
+    /// the queue is pushed by [`Global::sync`] and kept (bounded, spilling to disk) while the
+    /// store is unreachable.
+    fn settle(&mut self, meter: MeterKey, spent: u64, released: u64);
+    /// Push queued settlements and a liveness heartbeat for `owner`; returns the totals of the
+    /// meters it touched.
+    fn sync(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError>;
+    /// Current totals of some meters.
+    fn totals(&mut self, meters: &[MeterKey]) -> Result<Vec<MeterTotals>, StoreError>;
+    /// The key records as stored now (live propagation and periodic resync); `None` when the
+    /// store has lost its data (a Redis restarted without persistence).
+    fn load_keys(&mut self) -> Result<Option<Vec<KeyRecord>>, StoreError>;
+    /// Cost totals of every process, as stored now (after this process's last write).
+    fn costs(&mut self) -> Result<Vec<CostRow>, StoreError>;
+    /// True when a periodic full resync of the key table is due.
+    fn resync_due(&mut self) -> bool;
+    /// Start watching for changes made by other processes: `notify(true)` on a change (and
+    /// after every reconnect), `notify(false)` to ask whether to go on (false: stop).
+    fn watch(&mut self, notify: Box<dyn FnMut(bool) -> bool + Send>);
 }

@@ -1,0 +1,1034 @@
+//! The Redis store (`--redis URL`, feature `gateway-store-redis`): what several gateway
+//! replicas share. Used only from control-plane threads (the plane and its subscriber thread),
+//! with the synchronous client and connect/read/write timeouts, so a stalled Redis gives
+//! errors, never a hang.
+//!
+//! Layout, every key under the prefix `P` (`--redis-prefix`, default `ditto`):
+//!
+//! | key                         | type   | what                                             |
+//! |-----------------------------|--------|--------------------------------------------------|
+//! | `P:keys`                    | hash   | key id -> key record (JSON, token hashed)         |
+//! | `P:keys:version`            | string | bumped on every key change                        |
+//! | `P:changes`                 | pubsub | a message after every key change                  |
+//! | `P:meter:KIND:WINDOW:SCOPE` | hash   | `spent`, `out` (leased, all replicas), `o:OWNER`  |
+//! | `P:ledgers`                 | set    | budget meter keys (for loading ledgers)           |
+//! | `P:owner:OWNER`             | set    | meter keys a process holds leases on              |
+//! | `P:owners`                  | zset   | process -> last heartbeat (unix ms)               |
+//! | `P:applied:OWNER:N`         | string | settlement batch N applied (retries are no-ops)   |
+//! | `P:costs:FIELD`             | hash   | `["key","model"]` -> requests / tokens / pico-USD |
+//! | `P:audit`                   | list   | audit entries (JSON), oldest first                |
+//!
+//! Rate windows (rpm/tpm) expire on their own (TTL); budget meters stay.
+//!
+//! Leases, settlements and reaping run as Lua scripts (EVALSHA), so each is atomic across
+//! replicas: a lease is granted only from `limit - spent - outstanding` of the global
+//! counters. Settled usage is queued here and pushed in batches at every flush; while Redis is
+//! unreachable the queue is kept (coalesced per meter, spilled to a file when it grows past
+//! [`QUEUE_MAX`]) and replayed when it returns. Every batch carries an id that the script
+//! records, so a batch retried after a timeout is not counted twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write as _};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisError, Script};
+
+use super::{
+    AuditEntry, CostRow, Global, GlobalGrant, LedgerRow, MeterKey, MeterTotals, Persisted,
+    ReservationRow, Store, StoreError, Write,
+};
+use crate::control::keys::KeyRecord;
+use crate::control::meter::Kind;
+use crate::control::{unix_now, unix_now_ms};
+
+/// Connect, read and write timeout of every Redis call.
+pub const IO_TIMEOUT: Duration = Duration::from_millis(500);
+/// Reconnect backoff: first wait, and the most.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Distinct meters queued in memory before the queue spills to disk.
+pub const QUEUE_MAX: usize = 10_000;
+/// A process whose heartbeat is older than this is presumed dead (its leases may be reaped).
+pub const STALE_MS: u64 = 3_000;
+/// Settlements per script call.
+const BATCH: usize = 256;
+/// Rate windows live this long after their last use (a window is 60 s).
+const RATE_TTL_SECS: u64 = 150;
+/// Full key resync interval (the safety net under pub/sub).
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+const LEASE_LUA: &str = r#"
+local k = KEYS[1]
+local spent = tonumber(redis.call('HGET', k, 'spent') or '0')
+local out = tonumber(redis.call('HGET', k, 'out') or '0')
+local limit = tonumber(ARGV[2])
+local need = math.max(tonumber(ARGV[3]), 1)
+local cores = math.max(tonumber(ARGV[4]), 1)
+local rem = limit - spent - out
+if rem < 0 then rem = 0 end
+if rem < need then return {0, rem, spent, out} end
+local share = math.floor((rem - need) / (cores * 16))
+if ARGV[5] == '1' and share > 63 then share = 63 end
+local g = need + share
+redis.call('HINCRBY', k, 'out', g)
+redis.call('HINCRBY', k, 'o:' .. ARGV[1], g)
+redis.call('SADD', KEYS[2], k)
+redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1])
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then redis.call('EXPIRE', k, ttl) end
+if ARGV[7] ~= '' then
+  redis.call('HSETNX', k, 'scope', ARGV[8])
+  redis.call('HSETNX', k, 'unit', ARGV[7])
+  redis.call('HSETNX', k, 'period', ARGV[9])
+  redis.call('SADD', KEYS[3], k)
+end
+return {g, rem - g, spent, out + g}
+"#;
+
+const SETTLE_LUA: &str = r#"
+local owner = ARGV[1]
+local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600)
+local res = {}
+for i = 3, #KEYS do
+  local k = KEYS[i]
+  local b = 2 + (i - 3) * 6
+  local spent = tonumber(ARGV[b])
+  local rel = tonumber(ARGV[b + 1])
+  local ttl = tonumber(ARGV[b + 2])
+  if fresh then
+    if spent > 0 then redis.call('HINCRBY', k, 'spent', spent) end
+    if rel > 0 then
+      local mine = tonumber(redis.call('HGET', k, 'o:' .. owner) or '0')
+      local d = math.min(rel, mine)
+      if d > 0 then
+        redis.call('HINCRBY', k, 'o:' .. owner, -d)
+        local out = tonumber(redis.call('HGET', k, 'out') or '0')
+        redis.call('HSET', k, 'out', math.max(out - d, 0))
+      end
+    end
+    if ARGV[b + 3] ~= '' then
+      redis.call('HSETNX', k, 'scope', ARGV[b + 4])
+      redis.call('HSETNX', k, 'unit', ARGV[b + 3])
+      redis.call('HSETNX', k, 'period', ARGV[b + 5])
+      redis.call('SADD', KEYS[2], k)
+    end
+    if ttl > 0 and redis.call('EXISTS', k) == 1 then redis.call('EXPIRE', k, ttl) end
+  end
+  res[#res + 1] = tonumber(redis.call('HGET', k, 'spent') or '0')
+  res[#res + 1] = tonumber(redis.call('HGET', k, 'out') or '0')
+end
+return res
+"#;
+
+const REAP_LUA: &str = r#"
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local n, units = 0, 0
+for _, o in ipairs(stale) do
+  if o ~= ARGV[2] then
+    local set = ARGV[1] .. ':owner:' .. o
+    for _, k in ipairs(redis.call('SMEMBERS', set)) do
+      if redis.call('EXISTS', k) == 1 then
+        local v = tonumber(redis.call('HGET', k, 'o:' .. o) or '0')
+        if v > 0 then
+          local out = tonumber(redis.call('HGET', k, 'out') or '0')
+          redis.call('HSET', k, 'out', math.max(out - v, 0))
+          units = units + v
+          n = n + 1
+        end
+        redis.call('HDEL', k, 'o:' .. o)
+      end
+    end
+    redis.call('DEL', set)
+    redis.call('ZREM', KEYS[1], o)
+  end
+end
+return {n, units}
+"#;
+
+const PRUNE_AUDIT_LUA: &str = r#"
+local n = 0
+while true do
+  local first = redis.call('LINDEX', KEYS[1], 0)
+  if not first then break end
+  local ok, e = pcall(cjson.decode, first)
+  if ok and type(e) == 'table' and tonumber(e['ts_ms'] or 0) < tonumber(ARGV[1]) then
+    redis.call('LPOP', KEYS[1])
+    n = n + 1
+  else
+    break
+  end
+end
+return n
+"#;
+
+/// The cost totals kept as one hash per field.
+const COST_FIELDS: [&str; 4] = [
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_pico",
+];
+
+/// `redis://user:secret@host:6379/0` -> `redis://user@host:6379/0`: for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(None);
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable redis url>".to_string(),
+    }
+}
+
+fn kind_tag(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Rpm => "rpm",
+        Kind::Tpm => "tpm",
+        Kind::Tokens => "budget_tokens",
+        Kind::Usd => "budget_usd",
+    }
+}
+
+pub struct RedisStore {
+    client: Client,
+    shown: String,
+    prefix: String,
+    con: Option<Connection>,
+    backoff: Duration,
+    next_try: Instant,
+    lease: Script,
+    settle: Script,
+    reap: Script,
+    prune: Script,
+    /// Cost rows as last written (the plane's rows are absolute; Redis gets increments).
+    cost_base: HashMap<(String, String), CostRow>,
+    /// Settlements not yet in Redis, coalesced per meter: (spent, released).
+    queue: HashMap<MeterKey, (u64, u64)>,
+    /// Where the queue spills when it holds more than [`QUEUE_MAX`] meters.
+    spill: PathBuf,
+    spilled: bool,
+    /// [`QUEUE_MAX`], lowered by tests.
+    queue_max: usize,
+    batch_seq: u64,
+    batch_tag: String,
+    last_resync: Instant,
+}
+
+impl RedisStore {
+    /// Connect and check that Redis answers; the error names the URL (never its password).
+    pub fn open(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let shown = redact_url(url);
+        let client =
+            Client::open(url).map_err(|e| StoreError(format!("invalid redis url {shown}: {e}")))?;
+        let tag = crate::control::plane::random_hex(6);
+        let mut s = RedisStore {
+            client,
+            shown: shown.clone(),
+            prefix: prefix.to_string(),
+            con: None,
+            backoff: BACKOFF_MIN,
+            next_try: Instant::now(),
+            lease: Script::new(LEASE_LUA),
+            settle: Script::new(SETTLE_LUA),
+            reap: Script::new(REAP_LUA),
+            prune: Script::new(PRUNE_AUDIT_LUA),
+            cost_base: HashMap::new(),
+            queue: HashMap::new(),
+            spill: std::env::temp_dir().join(format!(
+                "ditto-redis-spill-{}-{tag}.jsonl",
+                std::process::id()
+            )),
+            spilled: false,
+            queue_max: QUEUE_MAX,
+            batch_seq: 0,
+            batch_tag: tag,
+            last_resync: Instant::now(),
+        };
+        s.ping()
+            .map_err(|e| StoreError(format!("cannot reach {e}")))?;
+        Ok(s)
+    }
+
+    fn k(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    fn meter_key(&self, m: &MeterKey) -> String {
+        format!(
+            "{}:meter:{}:{}:{}",
+            self.prefix,
+            kind_tag(m.kind),
+            m.window,
+            m.ledger
+        )
+    }
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        con.set_read_timeout(Some(IO_TIMEOUT))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(con)
+    }
+
+    /// Run `f` on the connection, (re)connecting with backoff. Any error drops the
+    /// connection: the next call reconnects (after the backoff), so a stalled or restarted
+    /// Redis never leaves a half-read reply behind.
+    fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection, &Self) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        if self.con.is_none() {
+            let now = Instant::now();
+            if now < self.next_try {
+                return Err(StoreError(format!(
+                    "redis at {} is unreachable (reconnecting in {} ms)",
+                    self.shown,
+                    self.next_try.duration_since(now).as_millis()
+                )));
+            }
+            match self.connect() {
+                Ok(c) => self.con = Some(c),
+                Err(e) => {
+                    self.fail();
+                    return Err(StoreError(format!("redis at {}: {e}", self.shown)));
+                }
+            }
+        }
+        let Some(mut con) = self.con.take() else {
+            return Err(StoreError(format!(
+                "redis at {}: no connection",
+                self.shown
+            )));
+        };
+        match f(&mut con, self) {
+            Ok(v) => {
+                self.con = Some(con);
+                self.backoff = BACKOFF_MIN;
+                Ok(v)
+            }
+            Err(e) => {
+                self.fail();
+                Err(StoreError(format!("redis at {}: {e}", self.shown)))
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        self.con = None;
+        self.next_try = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Rows of processes whose heartbeat is older than `cutoff_ms` (at startup: presumed dead).
+    fn stale_reservations(
+        con: &mut Connection,
+        s: &Self,
+        cutoff_ms: u64,
+    ) -> Result<Vec<ReservationRow>, RedisError> {
+        let owners: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(s.k("owners"))
+            .arg("-inf")
+            .arg(format!("({cutoff_ms}"))
+            .arg("WITHSCORES")
+            .query(con)?;
+        let mut rows = Vec::new();
+        for (owner, seen) in owners {
+            let metas: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(s.k(&format!("owner:{owner}")))
+                .query(con)?;
+            for key in metas {
+                let (amount, scope, unit, period): (
+                    Option<u64>,
+                    Option<String>,
+                    Option<String>,
+                    Option<u64>,
+                ) = redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(format!("o:{owner}"))
+                    .arg("scope")
+                    .arg("unit")
+                    .arg("period")
+                    .query(con)?;
+                let amount = amount.unwrap_or(0);
+                if amount == 0 {
+                    continue;
+                }
+                rows.push(ReservationRow {
+                    owner: owner.clone(),
+                    scope: scope.unwrap_or_else(|| key.clone()),
+                    unit: unit.unwrap_or_default(),
+                    period: period.unwrap_or(0),
+                    amount,
+                    updated_at: seen / 1000,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    fn load_all(
+        con: &mut Connection,
+        s: &Self,
+        audit_tail: usize,
+    ) -> Result<Result<Persisted, String>, RedisError> {
+        let mut p = Persisted::default();
+        let keys: BTreeMap<String, String> = redis::cmd("HGETALL").arg(s.k("keys")).query(con)?;
+        for (id, json) in keys {
+            match serde_json::from_str::<KeyRecord>(&json) {
+                Ok(k) => p.keys.push(k),
+                Err(e) => return Ok(Err(format!("key \"{id}\" in {}: {e}", s.k("keys")))),
+            }
+        }
+        let ledgers: Vec<String> = redis::cmd("SMEMBERS").arg(s.k("ledgers")).query(con)?;
+        for key in ledgers {
+            let (scope, unit, period, spent): (
+                Option<String>,
+                Option<String>,
+                Option<u64>,
+                Option<u64>,
+            ) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("scope")
+                .arg("unit")
+                .arg("period")
+                .arg("spent")
+                .query(con)?;
+            match (scope, unit, period) {
+                (Some(scope), Some(unit), Some(period)) => p.ledgers.push(LedgerRow {
+                    scope,
+                    unit,
+                    period,
+                    spent: spent.unwrap_or(0),
+                }),
+                _ => {
+                    // Gone (or never complete): drop it from the index.
+                    redis::cmd("SREM")
+                        .arg(s.k("ledgers"))
+                        .arg(&key)
+                        .query::<()>(con)?;
+                }
+            }
+        }
+        p.costs = Self::load_costs(con, s)?;
+        let cutoff = unix_now_ms().saturating_sub(STALE_MS);
+        p.reservations = Self::stale_reservations(con, s, cutoff)?;
+        if audit_tail > 0 {
+            let tail: Vec<String> = redis::cmd("LRANGE")
+                .arg(s.k("audit"))
+                .arg(-(audit_tail as i64))
+                .arg(-1)
+                .query(con)?;
+            for a in tail {
+                if let Ok(e) = serde_json::from_str::<AuditEntry>(&a) {
+                    p.audit.push(e);
+                }
+            }
+        }
+        Ok(Ok(p))
+    }
+
+    fn load_costs(con: &mut Connection, s: &Self) -> Result<Vec<CostRow>, RedisError> {
+        let mut costs: BTreeMap<String, CostRow> = BTreeMap::new();
+        for field in COST_FIELDS {
+            let h: HashMap<String, u64> = redis::cmd("HGETALL")
+                .arg(s.k(&format!("costs:{field}")))
+                .query(con)?;
+            for (who, v) in h {
+                let Ok((key_id, model)) = serde_json::from_str::<(String, String)>(&who) else {
+                    continue;
+                };
+                let row = costs.entry(who).or_insert_with(|| CostRow {
+                    key_id,
+                    model,
+                    ..CostRow::default()
+                });
+                match field {
+                    "requests" => row.requests = v,
+                    "prompt_tokens" => row.prompt_tokens = v,
+                    "completion_tokens" => row.completion_tokens = v,
+                    _ => row.cost_pico = v,
+                }
+            }
+        }
+        Ok(costs.into_values().collect())
+    }
+
+    /// Append the in-memory queue to the spill file and empty it.
+    fn spill_queue(&mut self) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spill);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                crate::error!(
+                    "redis store: cannot spill queued usage to {}: {e}; keeping it in memory",
+                    self.spill.display()
+                );
+                return;
+            }
+        };
+        let mut text = String::new();
+        for (m, (spent, released)) in &self.queue {
+            let line = serde_json::json!([m.ledger, kind_tag(m.kind), m.window, spent, released]);
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        if let Err(e) = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+        {
+            crate::error!(
+                "redis store: cannot spill queued usage to {}: {e}; keeping it in memory",
+                self.spill.display()
+            );
+            return;
+        }
+        crate::warn!(
+            "redis store: {} queued settlements spilled to {}",
+            self.queue.len(),
+            self.spill.display()
+        );
+        self.queue.clear();
+        self.spilled = true;
+    }
+
+    /// Read the spill file back into the queue (it is deleted once pushed).
+    fn unspill(&mut self) -> Vec<(MeterKey, (u64, u64))> {
+        let Ok(f) = std::fs::File::open(&self.spill) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            let Ok((ledger, tag, window, spent, released)) =
+                serde_json::from_str::<(String, String, u64, u64, u64)>(&line)
+            else {
+                continue;
+            };
+            let kind = match tag.as_str() {
+                "rpm" => Kind::Rpm,
+                "tpm" => Kind::Tpm,
+                "budget_tokens" => Kind::Tokens,
+                "budget_usd" => Kind::Usd,
+                _ => continue,
+            };
+            out.push((
+                MeterKey {
+                    ledger,
+                    kind,
+                    window,
+                },
+                (spent, released),
+            ));
+        }
+        out
+    }
+
+    fn push_batch(
+        &mut self,
+        owner: &str,
+        items: &[(MeterKey, (u64, u64))],
+    ) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
+        self.batch_seq += 1;
+        let applied = self.k(&format!(
+            "applied:{owner}:{}:{}",
+            self.batch_tag, self.batch_seq
+        ));
+        let keys: Vec<String> = items.iter().map(|(m, _)| self.meter_key(m)).collect();
+        let ledgers = self.k("ledgers");
+        let res: Vec<i64> = self.run(|con, s| {
+            let mut inv = s.settle.key(&applied);
+            inv.key(&ledgers);
+            for k in &keys {
+                inv.key(k);
+            }
+            inv.arg(owner);
+            for (m, (spent, released)) in items {
+                let budget = m.kind.is_budget();
+                inv.arg(*spent)
+                    .arg(*released)
+                    .arg(if budget { 0 } else { RATE_TTL_SECS })
+                    .arg(if budget { m.kind.unit() } else { "" })
+                    .arg(&m.ledger)
+                    .arg(m.window);
+            }
+            inv.invoke(con)
+        })?;
+        // The batch went through: a retry (new id) must not send it again.
+        Ok(items
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| {
+                let spent = res.get(2 * i).copied().unwrap_or(0).max(0) as u64;
+                let outstanding = res.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64;
+                (m.clone(), MeterTotals { spent, outstanding })
+            })
+            .collect())
+    }
+}
+
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn load(&mut self, audit_tail: usize) -> Result<Persisted, StoreError> {
+        let p = self
+            .run(|con, s| Self::load_all(con, s, audit_tail))?
+            .map_err(StoreError)?;
+        self.cost_base = p
+            .costs
+            .iter()
+            .map(|c| ((c.key_id.clone(), c.model.clone()), c.clone()))
+            .collect();
+        Ok(p)
+    }
+
+    fn write(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut commands = 0;
+        let mut keys_changed = false;
+        let mut reap: Option<(String, u64)> = None;
+        let mut prune: Option<u64> = None;
+        let mut new_base = Vec::new();
+        for w in batch {
+            match w {
+                Write::PutKey(k) => {
+                    let json = serde_json::to_string(k)
+                        .map_err(|e| StoreError(format!("key \"{}\": {e}", k.id)))?;
+                    pipe.hset(self.k("keys"), &k.id, json).ignore();
+                    keys_changed = true;
+                    commands += 1;
+                }
+                Write::DeleteKey(id) => {
+                    pipe.hdel(self.k("keys"), id).ignore();
+                    keys_changed = true;
+                    commands += 1;
+                }
+                // Ledgers and reservations are kept by the metering scripts themselves.
+                Write::Ledger(_) | Write::Reservations { .. } => {}
+                Write::Cost(c) => {
+                    let who = (c.key_id.clone(), c.model.clone());
+                    let base = self.cost_base.get(&who).cloned().unwrap_or_default();
+                    let field = serde_json::json!([c.key_id, c.model]).to_string();
+                    let deltas = [
+                        c.requests.saturating_sub(base.requests),
+                        c.prompt_tokens.saturating_sub(base.prompt_tokens),
+                        c.completion_tokens.saturating_sub(base.completion_tokens),
+                        c.cost_pico.saturating_sub(base.cost_pico),
+                    ];
+                    for (name, d) in COST_FIELDS.iter().zip(deltas) {
+                        if d > 0 {
+                            pipe.hincr(self.k(&format!("costs:{name}")), &field, d)
+                                .ignore();
+                            commands += 1;
+                        }
+                    }
+                    new_base.push((who, c.clone()));
+                }
+                Write::ReapReservations { keep_owner, before } => {
+                    let cutoff = before
+                        .saturating_mul(1000)
+                        .min(unix_now_ms().saturating_sub(STALE_MS));
+                    reap = Some((keep_owner.clone(), cutoff));
+                }
+                Write::Audit(a) => {
+                    let json = serde_json::to_string(a)
+                        .map_err(|e| StoreError(format!("audit entry: {e}")))?;
+                    pipe.rpush(self.k("audit"), json).ignore();
+                    commands += 1;
+                }
+                Write::PruneAudit { before_ts_ms } => prune = Some(*before_ts_ms),
+            }
+        }
+        if keys_changed {
+            pipe.incr(self.k("keys:version"), 1).ignore();
+            pipe.publish(self.k("changes"), "keys").ignore();
+        }
+        if commands > 0 {
+            self.run(|con, _| pipe.query::<()>(con))?;
+        }
+        for (who, row) in new_base {
+            self.cost_base.insert(who, row);
+        }
+        if let Some((keep, cutoff)) = reap {
+            let owners = self.k("owners");
+            let prefix = self.prefix.clone();
+            let (rows, units): (u64, u64) = self.run(|con, s| {
+                s.reap
+                    .key(&owners)
+                    .arg(&prefix)
+                    .arg(&keep)
+                    .arg(cutoff)
+                    .invoke(con)
+            })?;
+            if rows > 0 {
+                crate::info!(
+                    "redis store: reaped {rows} reservation(s) of dead processes ({units} units)"
+                );
+            }
+        }
+        if let Some(before) = prune {
+            let audit = self.k("audit");
+            self.run(|con, s| s.prune.key(&audit).arg(before).invoke::<i64>(con))?;
+        }
+        Ok(())
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.run(|con, _| redis::cmd("PING").query::<String>(con))
+            .map(|_| ())
+    }
+
+    fn global(&mut self) -> Option<&mut dyn Global> {
+        Some(self)
+    }
+}
+
+impl Global for RedisStore {
+    fn lease(
+        &mut self,
+        owner: &str,
+        meter: &MeterKey,
+        limit: u64,
+        need: u64,
+        cores: u64,
+    ) -> Result<GlobalGrant, StoreError> {
+        let key = self.meter_key(meter);
+        let owner_set = self.k(&format!("owner:{owner}"));
+        let ledgers = self.k("ledgers");
+        let owners = self.k("owners");
+        let budget = meter.kind.is_budget();
+        let r: Vec<i64> = self.run(|con, s| {
+            s.lease
+                .key(&key)
+                .key(&owner_set)
+                .key(&ledgers)
+                .key(&owners)
+                .arg(owner)
+                .arg(limit)
+                .arg(need)
+                .arg(cores)
+                .arg(if meter.kind == Kind::Rpm { "1" } else { "0" })
+                .arg(if budget { 0 } else { RATE_TTL_SECS })
+                .arg(if budget { meter.kind.unit() } else { "" })
+                .arg(&meter.ledger)
+                .arg(meter.window)
+                .arg(unix_now_ms())
+                .invoke(con)
+        })?;
+        let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
+        Ok(GlobalGrant {
+            granted: at(0),
+            remaining: at(1),
+            totals: MeterTotals {
+                spent: at(2),
+                outstanding: at(3),
+            },
+        })
+    }
+
+    fn settle(&mut self, meter: MeterKey, spent: u64, released: u64) {
+        if spent == 0 && released == 0 {
+            return;
+        }
+        let e = self.queue.entry(meter).or_default();
+        e.0 = e.0.saturating_add(spent);
+        e.1 = e.1.saturating_add(released);
+        if self.queue.len() > self.queue_max {
+            self.spill_queue();
+        }
+    }
+
+    fn sync(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
+        let owners = self.k("owners");
+        self.run(|con, _| {
+            redis::cmd("ZADD")
+                .arg(&owners)
+                .arg(unix_now_ms())
+                .arg(owner)
+                .query::<()>(con)
+        })?;
+        let now_min = unix_now() / 60;
+        let mut totals = Vec::new();
+        if self.spilled {
+            // Spilled batches first (the oldest usage), then delete the file.
+            let items = self.unspill();
+            for chunk in items.chunks(BATCH) {
+                totals.extend(self.push_batch(owner, chunk)?);
+            }
+            if let Err(e) = std::fs::remove_file(&self.spill) {
+                crate::warn!("redis store: cannot remove {}: {e}", self.spill.display());
+            }
+            self.spilled = false;
+        }
+        // Rate windows long gone need no settling (their keys have expired).
+        self.queue
+            .retain(|m, _| m.kind.is_budget() || m.window + 2 >= now_min);
+        let items: Vec<(MeterKey, (u64, u64))> =
+            self.queue.iter().map(|(m, v)| (m.clone(), *v)).collect();
+        for chunk in items.chunks(BATCH) {
+            let pushed = self.push_batch(owner, chunk)?;
+            for (m, _) in chunk {
+                self.queue.remove(m);
+            }
+            totals.extend(pushed);
+        }
+        Ok(totals)
+    }
+
+    fn totals(&mut self, meters: &[MeterKey]) -> Result<Vec<MeterTotals>, StoreError> {
+        if meters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = meters.iter().map(|m| self.meter_key(m)).collect();
+        let r: Vec<(Option<u64>, Option<u64>)> = self.run(|con, _| {
+            let mut p = redis::pipe();
+            for k in &keys {
+                p.cmd("HMGET").arg(k).arg("spent").arg("out");
+            }
+            p.query(con)
+        })?;
+        Ok(r.into_iter()
+            .map(|(s, o)| MeterTotals {
+                spent: s.unwrap_or(0),
+                outstanding: o.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn load_keys(&mut self) -> Result<Option<Vec<KeyRecord>>, StoreError> {
+        self.last_resync = Instant::now();
+        let (version, map): (Option<u64>, BTreeMap<String, String>) = self.run(|con, s| {
+            redis::pipe()
+                .get(s.k("keys:version"))
+                .hgetall(s.k("keys"))
+                .query(con)
+        })?;
+        if version.is_none() && map.is_empty() {
+            // Every key write bumps the version: none at all means the data is gone.
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(map.len());
+        for (id, json) in map {
+            match serde_json::from_str::<KeyRecord>(&json) {
+                Ok(k) => out.push(k),
+                Err(e) => return Err(StoreError(format!("stored key \"{id}\": {e}"))),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn costs(&mut self) -> Result<Vec<CostRow>, StoreError> {
+        let rows = self.run(Self::load_costs)?;
+        // These are now what this process's rows are measured against.
+        self.cost_base = rows
+            .iter()
+            .map(|c| ((c.key_id.clone(), c.model.clone()), c.clone()))
+            .collect();
+        Ok(rows)
+    }
+
+    fn resync_due(&mut self) -> bool {
+        self.last_resync.elapsed() >= RESYNC
+    }
+
+    fn watch(&mut self, notify: Box<dyn FnMut(bool) -> bool + Send>) {
+        let client = self.client.clone();
+        let channel = self.k("changes");
+        let spawned = std::thread::Builder::new()
+            .name("ditto-redis-sub".into())
+            .spawn(move || subscriber(client, channel, notify));
+        if let Err(e) = spawned {
+            crate::error!(
+                "redis store: cannot start the change subscriber: {e}; keys resync every {}s only",
+                RESYNC.as_secs()
+            );
+        }
+    }
+}
+
+/// The subscriber thread: on every message (and after every reconnect, to catch what was
+/// missed meanwhile) it tells the plane to reload keys. Ends when the plane is gone.
+fn subscriber(client: Client, channel: String, mut notify: Box<dyn FnMut(bool) -> bool + Send>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut first = true;
+    while notify(false) {
+        let mut con = match client.get_connection_with_timeout(IO_TIMEOUT) {
+            Ok(c) => c,
+            Err(_) => {
+                // The plane logs the outage (its own calls fail too); just retry.
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = con.set_write_timeout(Some(IO_TIMEOUT));
+        let mut ps = con.as_pubsub();
+        if ps.set_read_timeout(Some(Duration::from_secs(1))).is_err()
+            || ps.subscribe(&channel).is_err()
+        {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        }
+        backoff = BACKOFF_MIN;
+        if !first && !notify(true) {
+            return;
+        }
+        first = false;
+        loop {
+            match ps.get_message() {
+                Ok(_) => {
+                    if !notify(true) {
+                        return;
+                    }
+                }
+                Err(e) if e.is_timeout() => {
+                    if !notify(false) {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    fn redis_server(port: u16) -> Option<Child> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(child)
+    }
+
+    fn stop(mut c: Child) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact_url("redis://user:hunter2@h:6380/1"),
+            "redis://user@h:6380/1"
+        );
+        assert_eq!(redact_url("redis://h"), "redis://h");
+        assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn usage_queued_while_redis_is_down_spills_to_disk_and_is_replayed() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            eprintln!("redis-server is not installed: skipping");
+            return;
+        };
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut s = RedisStore::open(&url, "u1").expect("open");
+        s.queue_max = 5;
+        let meters: Vec<MeterKey> = (0..20)
+            .map(|i| MeterKey {
+                ledger: format!("key:k{i}"),
+                kind: Kind::Tokens,
+                window: 0,
+            })
+            .collect();
+        stop(server);
+        for m in &meters {
+            s.settle(m.clone(), 10, 0);
+            s.settle(m.clone(), 5, 0);
+        }
+        assert!(s.spilled && s.spill.exists(), "the queue spilled to disk");
+        assert!(s.sync("owner").is_err(), "redis is down");
+        let server = redis_server(port).expect("restart");
+        let end = Instant::now() + Duration::from_secs(15);
+        while s.sync("owner").is_err() {
+            assert!(Instant::now() < end, "never reconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!s.spill.exists(), "the spill file is gone once replayed");
+        let totals = s.totals(&meters).expect("totals");
+        assert!(totals.iter().all(|t| t.spent == 15), "{totals:?}");
+        // The ledgers are indexed for the next start.
+        let p = s.load(0).expect("load");
+        assert_eq!(p.ledgers.len(), 20);
+        stop(server);
+    }
+
+    #[test]
+    fn leases_from_two_processes_never_exceed_the_limit() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            return;
+        };
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut a = RedisStore::open(&url, "u2").expect("open");
+        let mut b = RedisStore::open(&url, "u2").expect("open");
+        let m = MeterKey {
+            ledger: "key:x".into(),
+            kind: Kind::Tokens,
+            window: 0,
+        };
+        let mut granted = [0u64; 2];
+        for i in 0.. {
+            let s = if i % 2 == 0 { &mut a } else { &mut b };
+            let g = s
+                .lease(&format!("o{}", i % 2), &m, 1000, 7, 4)
+                .expect("lease");
+            if g.granted == 0 {
+                break;
+            }
+            granted[i % 2] += g.granted;
+        }
+        let total = granted[0] + granted[1];
+        assert!(total <= 1000 && total > 990, "{total}");
+        let reap = |a: &mut RedisStore| {
+            a.write(&[Write::ReapReservations {
+                keep_owner: "o0".into(),
+                before: u64::MAX,
+            }])
+            .expect("reap");
+            a.totals(std::slice::from_ref(&m)).expect("totals")[0]
+        };
+        // Both owners are alive (fresh heartbeats): nothing is reaped.
+        assert_eq!(reap(&mut a).outstanding, total);
+        // o1 falls silent: its leases go back, o0's stay.
+        a.run(|con, s| {
+            redis::cmd("ZADD")
+                .arg(s.k("owners"))
+                .arg(0)
+                .arg("o1")
+                .query::<()>(con)
+        })
+        .expect("zadd");
+        assert_eq!(reap(&mut a).outstanding, granted[0]);
+        stop(server);
+    }
+}
