@@ -49,6 +49,11 @@ impl Mock {
             .to_string();
         Mock { child, url }
     }
+
+    /// The mock's Anthropic Messages route.
+    fn anthropic_url(&self) -> String {
+        format!("{}{}", self.url, anthropic::MESSAGES_PATH)
+    }
 }
 
 struct Resp {
@@ -64,6 +69,22 @@ impl Resp {
 
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body()).expect("JSON body")
+    }
+
+    /// The body fed to a stream converter in the pieces it came in, then the end: all it
+    /// produced.
+    fn through<C>(
+        &self,
+        conv: &mut C,
+        feed: fn(&mut C, &[u8]) -> Vec<u8>,
+        finish: fn(&mut C) -> Vec<u8>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for piece in &self.pieces {
+            out.extend(feed(conv, piece));
+        }
+        out.extend(finish(conv));
+        out
     }
 }
 
@@ -157,11 +178,7 @@ fn anthropic_whole_answer_with_tool_use_and_cache_usage() {
     let mock = Mock::start();
     let body = anthropic::chat_to_messages(&chat_request(false, true), Some("claude-mock"))
         .expect("translates");
-    let res = post(
-        &format!("{}{}", mock.url, anthropic::MESSAGES_PATH),
-        &body,
-        ANTHROPIC_HEADERS,
-    );
+    let res = post(&mock.anthropic_url(), &body, ANTHROPIC_HEADERS);
     assert_eq!(res.status, 200);
     let chat = anthropic::messages_to_chat_response(&res.json(), "client-model").expect("back");
     let m = &chat["choices"][0]["message"];
@@ -188,18 +205,14 @@ fn anthropic_stream_in_small_pieces_with_tool_argument_deltas() {
     let mock = Mock::start();
     let body = anthropic::chat_to_messages(&chat_request(true, true), Some("claude-mock"))
         .expect("translates");
-    let res = post(
-        &format!("{}{}", mock.url, anthropic::MESSAGES_PATH),
-        &body,
-        ANTHROPIC_HEADERS,
-    );
+    let res = post(&mock.anthropic_url(), &body, ANTHROPIC_HEADERS);
     assert_eq!(res.status, 200);
     let mut conv = anthropic::AnthropicStream::new("client-model", true);
-    let mut out = Vec::new();
-    for piece in &res.pieces {
-        out.extend(conv.feed(piece));
-    }
-    out.extend(conv.finish());
+    let out = res.through(
+        &mut conv,
+        anthropic::AnthropicStream::feed,
+        anthropic::AnthropicStream::finish,
+    );
     let (chunks, done) = parse_chunks(&out);
     assert!(done);
     assert_eq!(content_of(&chunks), "tok0 tok1 tok2 tok3 ");
@@ -234,17 +247,17 @@ fn anthropic_error_event_mid_stream_and_error_statuses() {
     let mock = Mock::start();
     let body = anthropic::chat_to_messages(&chat_request(true, false), Some("claude-mock"))
         .expect("translates");
-    let url = format!("{}{}", mock.url, anthropic::MESSAGES_PATH);
+    let url = mock.anthropic_url();
     let mut headers = ANTHROPIC_HEADERS.to_vec();
     headers.push(("x-mock-fault", "error-event-mid-stream"));
     let res = post(&url, &body, &headers);
     assert_eq!(res.status, 200);
     let mut conv = anthropic::AnthropicStream::new("m", true);
-    let mut out = Vec::new();
-    for piece in &res.pieces {
-        out.extend(conv.feed(piece));
-    }
-    out.extend(conv.finish());
+    let out = res.through(
+        &mut conv,
+        anthropic::AnthropicStream::feed,
+        anthropic::AnthropicStream::finish,
+    );
     let (chunks, done) = parse_chunks(&out);
     assert!(!done);
     let last = chunks.last().expect("events");
@@ -297,11 +310,11 @@ fn gemini_whole_stream_error_event_and_missing_key() {
     let res = post(&format!("{}{}", mock.url, g.path), &g.body, &key);
     assert_eq!(res.status, 200);
     let mut conv = gemini::GeminiStream::new("client-model", true);
-    let mut out = Vec::new();
-    for piece in &res.pieces {
-        out.extend(conv.feed(piece));
-    }
-    out.extend(conv.finish());
+    let out = res.through(
+        &mut conv,
+        gemini::GeminiStream::feed,
+        gemini::GeminiStream::finish,
+    );
     let (chunks, done) = parse_chunks(&out);
     assert!(done);
     assert_eq!(content_of(&chunks), "tok0 tok1 tok2 tok3 ");
@@ -320,11 +333,11 @@ fn gemini_whole_stream_error_event_and_missing_key() {
         ],
     );
     let mut conv = gemini::GeminiStream::new("m", true);
-    let mut out = Vec::new();
-    for piece in &res.pieces {
-        out.extend(conv.feed(piece));
-    }
-    out.extend(conv.finish());
+    let out = res.through(
+        &mut conv,
+        gemini::GeminiStream::feed,
+        gemini::GeminiStream::finish,
+    );
     let (chunks, done) = parse_chunks(&out);
     assert!(!done);
     assert_eq!(
@@ -371,11 +384,11 @@ fn responses_shim_over_mock_chat_whole_stream_and_faults() {
     let chat_req = responses::responses_to_chat(&original).expect("translates");
     let res = post(&url, &chat_req, &[]);
     let mut conv = responses::ResponsesStream::new(&original);
-    let mut out = Vec::new();
-    for piece in &res.pieces {
-        out.extend(conv.feed(piece));
-    }
-    out.extend(conv.finish());
+    let out = res.through(
+        &mut conv,
+        responses::ResponsesStream::feed,
+        responses::ResponsesStream::finish,
+    );
     let ev = named_events(&out);
     assert_eq!(ev[0].0, "response.created");
     let (name, last) = ev.last().expect("events");
@@ -386,11 +399,11 @@ fn responses_shim_over_mock_chat_whole_stream_and_faults() {
     for fault in ["error-event-mid-stream", "close-mid-stream"] {
         let res = post(&url, &chat_req, &[("x-mock-fault", fault)]);
         let mut conv = responses::ResponsesStream::new(&original);
-        let mut out = Vec::new();
-        for piece in &res.pieces {
-            out.extend(conv.feed(piece));
-        }
-        out.extend(conv.finish());
+        let out = res.through(
+            &mut conv,
+            responses::ResponsesStream::feed,
+            responses::ResponsesStream::finish,
+        );
         let ev = named_events(&out);
         assert_eq!(
             ev.last().map(|(n, _)| n.as_str()),
@@ -407,11 +420,7 @@ fn responses_stream_composes_over_an_anthropic_upstream() {
         "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]});
     let chat_req = responses::responses_to_chat(&original).expect("responses -> chat");
     let body = anthropic::chat_to_messages(&chat_req, None).expect("chat -> anthropic");
-    let res = post(
-        &format!("{}{}", mock.url, anthropic::MESSAGES_PATH),
-        &body,
-        ANTHROPIC_HEADERS,
-    );
+    let res = post(&mock.anthropic_url(), &body, ANTHROPIC_HEADERS);
     let mut to_chat = anthropic::AnthropicStream::new("claude-mock", true);
     let mut to_responses = responses::ResponsesStream::new(&original);
     let mut out = Vec::new();
@@ -453,11 +462,11 @@ fn inbound_anthropic_over_mock_chat_whole_and_stream() {
     let estimate = anthropic_inbound::count_tokens(&req).expect("count");
     let res = post(&url, &chat_req, &[]);
     let mut conv = anthropic_inbound::ChatToAnthropicStream::new("gpt-x", estimate);
-    let mut out = Vec::new();
-    for piece in &res.pieces {
-        out.extend(conv.feed(piece));
-    }
-    out.extend(conv.finish());
+    let out = res.through(
+        &mut conv,
+        anthropic_inbound::ChatToAnthropicStream::feed,
+        anthropic_inbound::ChatToAnthropicStream::finish,
+    );
     let ev = named_events(&out);
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"message_start"));

@@ -17,8 +17,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::chat::{self, ChunkWriter, Image, Part, ToolChoice};
-use super::sse::{SseEvent, SseParser, DONE};
+use super::chat::{self, ChunkWriter, Image, JsonFormat, Part, ToolChoice};
+use super::sse::{self, Convert, SseEvent, SseInput, DONE};
 use super::{MappedError, TokenUsage, TranslateError};
 
 /// The `anthropic-version` header value the request body is written for.
@@ -41,12 +41,7 @@ pub fn chat_to_messages(
 ) -> Result<Value, TranslateError> {
     let req = super::expect_object(req, "body")?;
     let mut out = Map::new();
-    let model = match model_override {
-        Some(m) => m.to_string(),
-        None => super::opt_str(req, "model", "model")?
-            .ok_or_else(|| TranslateError::field("model", "model is required"))?
-            .to_string(),
-    };
+    let model = chat::request_model(req, model_override, "model is required")?;
     out.insert("model".into(), Value::String(model));
 
     if let Some(n) = super::opt_u64(req, "n")? {
@@ -58,20 +53,14 @@ pub fn chat_to_messages(
         }
     }
 
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| TranslateError::field("messages", "messages must be an array"))?;
+    let messages = chat::messages(req)?;
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut has_tool_blocks = false;
     for (i, m) in messages.iter().enumerate() {
-        let mf = format!("messages[{i}]");
-        let msg = super::expect_object(m, &mf)?;
-        let role = super::opt_str(msg, "role", &format!("{mf}.role"))?
-            .ok_or_else(|| TranslateError::field(format!("{mf}.role"), "missing role"))?;
-        let cf = format!("{mf}.content");
-        let (role, blocks) = match role {
+        let m = chat::message(m, i)?;
+        let (msg, mf, cf) = (m.msg, &m.field, m.content_field.clone());
+        let (role, blocks) = match m.role {
             "system" | "developer" => {
                 let text = chat::content_text(msg.get("content"), &cf)?;
                 if !text.is_empty() {
@@ -115,12 +104,7 @@ pub fn chat_to_messages(
                     vec![json!({"type": "tool_result", "tool_use_id": id, "content": content})],
                 )
             }
-            other => {
-                return Err(TranslateError::field(
-                    format!("{mf}.role"),
-                    format!("role {other:?} is not supported"),
-                ))
-            }
+            _ => return Err(chat::unsupported_role(&m)),
         };
         match turns.last_mut() {
             Some((last, prev)) if *last == role => prev.extend(blocks),
@@ -128,10 +112,7 @@ pub fn chat_to_messages(
         }
     }
     if turns.is_empty() {
-        return Err(TranslateError::field(
-            "messages",
-            "at least one user or assistant message is required",
-        ));
+        return Err(chat::no_turns());
     }
     if !system.is_empty() {
         out.insert("system".into(), Value::String(system.join("\n\n")));
@@ -142,11 +123,7 @@ pub fn chat_to_messages(
         .collect();
     out.insert("messages".into(), Value::Array(messages));
 
-    let max_tokens = match super::opt_u64(req, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => super::opt_u64(req, "max_tokens")?,
-    };
-    match max_tokens {
+    match chat::max_tokens(req)? {
         Some(0) => {
             return Err(TranslateError::field(
                 "max_tokens",
@@ -257,20 +234,10 @@ pub fn chat_to_messages(
 /// The schema `response_format` asks for, if it asks for JSON. Anthropic tool inputs are
 /// objects, so a schema whose root is not an object cannot be expressed.
 fn json_response_schema(req: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
-    let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    let rf = super::expect_object(rf, "response_format")?;
-    match super::opt_str(rf, "type", "response_format.type")? {
-        Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(json!({"type": "object"}))),
-        Some("json_schema") => {
-            let schema = rf
-                .get("json_schema")
-                .and_then(|j| j.get("schema"))
-                .ok_or_else(|| {
-                    TranslateError::field("response_format.json_schema.schema", "missing schema")
-                })?;
+    match chat::json_format(req)? {
+        None => Ok(None),
+        Some(JsonFormat::Object) => Ok(Some(json!({"type": "object"}))),
+        Some(JsonFormat::Schema(schema)) => {
             let is_object_root = schema.get("type").and_then(Value::as_str) == Some("object");
             if !is_object_root {
                 return Err(TranslateError::field(
@@ -280,10 +247,6 @@ fn json_response_schema(req: &Map<String, Value>) -> Result<Option<Value>, Trans
             }
             Ok(Some(schema.clone()))
         }
-        _ => Err(TranslateError::field(
-            "response_format.type",
-            "response_format.type must be text, json_object or json_schema",
-        )),
     }
 }
 
@@ -363,11 +326,11 @@ pub fn messages_to_chat_response(resp: &Value, model: &str) -> Result<Value, Tra
                     text.push_str(&input.to_string());
                     continue;
                 }
-                calls.push(json!({
-                    "id": block.get("id").and_then(Value::as_str).unwrap_or(""),
-                    "type": "function",
-                    "function": {"name": name, "arguments": input.to_string()},
-                }));
+                calls.push(chat::tool_call_json(
+                    block.get("id").and_then(Value::as_str).unwrap_or(""),
+                    name,
+                    &input.to_string(),
+                ));
             }
             // thinking, redacted_thinking, server tool blocks: nothing OpenAI-shaped to say.
             _ => {}
@@ -379,28 +342,14 @@ pub fn messages_to_chat_response(resp: &Value, model: &str) -> Result<Value, Tra
     } else {
         finish_reason(stop_reason)
     };
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
-        "refusal": null,
-    });
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
+    let message = chat::assistant_message(text, calls);
     let usage = usage_from(obj.get("usage").unwrap_or(&Value::Null));
-    let model = if model.is_empty() {
-        obj.get("model").and_then(Value::as_str).unwrap_or("")
-    } else {
-        model
-    };
-    Ok(json!({
-        "id": obj.get("id").and_then(Value::as_str).unwrap_or(""),
-        "object": "chat.completion",
-        "created": super::now_secs(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-        "usage": usage.openai_json(),
-    }))
+    Ok(chat::completion(
+        obj.get("id").and_then(Value::as_str).unwrap_or(""),
+        chat::reported_model(model, obj.get("model").and_then(Value::as_str)),
+        vec![json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish})],
+        &usage,
+    ))
 }
 
 /// Anthropic error `type` -> (OpenAI status, OpenAI type). 529 (`overloaded_error`) has no
@@ -476,8 +425,7 @@ enum Block {
 /// unfinished line.
 #[derive(Debug)]
 pub struct AnthropicStream {
-    sse: SseParser,
-    events: Vec<SseEvent>,
+    input: SseInput,
     writer: ChunkWriter,
     include_usage: bool,
     /// Content blocks by their Anthropic index.
@@ -493,13 +441,8 @@ impl AnthropicStream {
     /// A converter answering as `model`; `include_usage` adds the final usage chunk.
     pub fn new(model: &str, include_usage: bool) -> Self {
         AnthropicStream {
-            sse: SseParser::new(),
-            events: Vec::new(),
-            writer: ChunkWriter {
-                id: super::fresh_id("chatcmpl"),
-                created: super::now_secs(),
-                model: model.to_string(),
-            },
+            input: SseInput::default(),
+            writer: ChunkWriter::new(model),
             include_usage,
             blocks: Vec::new(),
             next_tool: 0,
@@ -522,49 +465,17 @@ impl AnthropicStream {
 
     /// Feed the next piece of the upstream body; returns the OpenAI SSE bytes it produced.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        if self.sse.feed(input, &mut self.events).is_err() {
-            self.fail(&mut out, "upstream SSE event too large");
-            return out;
-        }
-        self.drain(&mut out);
-        out
+        sse::feed(self, input)
     }
 
     /// The upstream body ended. A stream cut before `message_stop` ends with an error event.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        self.sse.finish(&mut self.events);
-        self.drain(&mut out);
-        if !self.finished {
-            self.fail(&mut out, "upstream stream ended before message_stop");
-        }
-        out
+        sse::finish(self)
     }
 
     fn fail(&mut self, out: &mut Vec<u8>, message: &str) {
         chat::write_error_event(out, message, "api_error", Some("upstream_stream_error"));
         self.finished = true;
-        self.events.clear();
-    }
-
-    fn drain(&mut self, out: &mut Vec<u8>) {
-        let events = std::mem::take(&mut self.events);
-        for ev in &events {
-            if self.finished {
-                break;
-            }
-            self.event(ev, out);
-        }
-        // Hand the (now empty) buffer back to keep its capacity.
-        self.events = events;
-        self.events.clear();
     }
 
     fn block(&self, index: u64) -> Block {
@@ -713,6 +624,28 @@ impl AnthropicStream {
             // ping, content_block_stop, and event types added later.
             _ => {}
         }
+    }
+}
+
+impl Convert for AnthropicStream {
+    fn input(&mut self) -> &mut SseInput {
+        &mut self.input
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<u8>) {
+        self.event(ev, out);
+    }
+
+    fn too_large(&mut self, out: &mut Vec<u8>) {
+        self.fail(out, "upstream SSE event too large");
+    }
+
+    fn ended(&mut self, out: &mut Vec<u8>) {
+        self.fail(out, "upstream stream ended before message_stop");
     }
 }
 

@@ -12,7 +12,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::sse::{write_event, SseEvent, SseParser};
+use super::chat::{self, StreamEvent};
+use super::sse::{self, write_event, Convert, SseEvent, SseInput};
 use super::{MappedError, TokenUsage, TranslateError};
 
 /// The Anthropic error body `{"type":"error","error":{"type","message"}}`.
@@ -48,11 +49,7 @@ pub fn openai_error_to_anthropic(status: u16, body: &[u8]) -> MappedError {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| super::anthropic::truncated_text(body));
-    let status = if (400..=599).contains(&status) {
-        status
-    } else {
-        502
-    };
+    let status = chat::error_status(status);
     MappedError {
         status,
         body: error_body(error_type_for_status(status), &message),
@@ -66,12 +63,7 @@ pub fn messages_to_chat(
     model_override: Option<&str>,
 ) -> Result<Value, TranslateError> {
     let req = super::expect_object(req, "body")?;
-    let model = match model_override {
-        Some(m) => m.to_string(),
-        None => super::opt_str(req, "model", "model")?
-            .ok_or_else(|| TranslateError::field("model", "model: Field required"))?
-            .to_string(),
-    };
+    let model = chat::request_model(req, model_override, "model: Field required")?;
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     let mut messages: Vec<Value> = Vec::new();
@@ -110,7 +102,7 @@ pub fn messages_to_chat(
         }
     }
     if let Some(stops) = req.get("stop_sequences").filter(|v| !v.is_null()) {
-        let stops = super::chat::stop_list(Some(stops), "stop_sequences")?;
+        let stops = chat::stop_list(Some(stops), "stop_sequences")?;
         if !stops.is_empty() {
             out.insert("stop".into(), json!(stops));
         }
@@ -128,40 +120,31 @@ pub fn messages_to_chat(
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
 
-    if let Some(tools) = req.get("tools").filter(|v| !v.is_null()) {
-        let tools = tools
-            .as_array()
-            .ok_or_else(|| TranslateError::field("tools", "tools must be an array"))?;
-        let mut chat_tools = Vec::with_capacity(tools.len());
-        for (i, t) in tools.iter().enumerate() {
-            let f = format!("tools[{i}]");
-            let t = super::expect_object(t, &f)?;
-            match super::opt_str(t, "type", &format!("{f}.type"))? {
-                None | Some("custom") => {}
-                Some(other) => {
-                    return Err(TranslateError::field(
-                        format!("{f}.type"),
-                        format!(
+    let tools = chat::flat_tools(req, |f, t, ttype| {
+        match ttype {
+            None | Some("custom") => {}
+            Some(other) => {
+                return Err(TranslateError::field(
+                    format!("{f}.type"),
+                    format!(
                         "server tool {other:?} cannot be served by an OpenAI-compatible backend"
                     ),
-                    ))
-                }
+                ))
             }
-            let name = super::opt_str(t, "name", &format!("{f}.name"))?.ok_or_else(|| {
-                TranslateError::field(format!("{f}.name"), "name: Field required")
-            })?;
-            let mut func = json!({
-                "name": name,
-                "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
-            });
-            if let Some(d) = super::opt_str(t, "description", &format!("{f}.description"))? {
-                func["description"] = json!(d);
-            }
-            chat_tools.push(json!({"type": "function", "function": func}));
         }
-        if !chat_tools.is_empty() {
-            out.insert("tools".into(), Value::Array(chat_tools));
+        let name = super::opt_str(t, "name", &format!("{f}.name"))?
+            .ok_or_else(|| TranslateError::field(format!("{f}.name"), "name: Field required"))?;
+        let mut func = json!({
+            "name": name,
+            "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"})),
+        });
+        if let Some(d) = super::opt_str(t, "description", &format!("{f}.description"))? {
+            func["description"] = json!(d);
         }
+        Ok(func)
+    })?;
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
     if let Some(tc) = req.get("tool_choice").filter(|v| !v.is_null()) {
         let tc = super::expect_object(tc, "tool_choice")?;
@@ -464,12 +447,8 @@ fn input_of(args: &str) -> Value {
 
 /// Convert a whole `chat.completion` into an Anthropic message. `model` is the model the
 /// client asked for (empty: the upstream's).
-pub fn chat_to_messages_response(chat: &Value, model: &str) -> Result<Value, TranslateError> {
-    let choice = chat
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or_else(|| TranslateError::upstream("chat completion without choices"))?;
+pub fn chat_to_messages_response(chat_resp: &Value, model: &str) -> Result<Value, TranslateError> {
+    let choice = chat::first_choice(chat_resp)?;
     let msg = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
     if let Some(t) = msg
@@ -492,20 +471,16 @@ pub fn chat_to_messages_response(chat: &Value, model: &str) -> Result<Value, Tra
         .into_iter()
         .flatten()
     {
-        let f = call.get("function").unwrap_or(&Value::Null);
+        let call = chat::call_fields(call);
         content.push(json!({
             "type": "tool_use",
-            "id": call.get("id").and_then(Value::as_str).unwrap_or(""),
-            "name": f.get("name").and_then(Value::as_str).unwrap_or(""),
-            "input": input_of(f.get("arguments").and_then(Value::as_str).unwrap_or("")),
+            "id": call.id,
+            "name": call.name,
+            "input": input_of(call.arguments),
         }));
     }
-    let usage = TokenUsage::from_openai(chat.get("usage").unwrap_or(&Value::Null));
-    let model = if model.is_empty() {
-        chat.get("model").and_then(Value::as_str).unwrap_or("")
-    } else {
-        model
-    };
+    let usage = TokenUsage::from_openai(chat_resp.get("usage").unwrap_or(&Value::Null));
+    let model = chat::reported_model(model, chat_resp.get("model").and_then(Value::as_str));
     Ok(json!({
         "id": super::fresh_id("msg"),
         "type": "message",
@@ -578,8 +553,7 @@ enum OpenBlock {
 /// Converts a chat completion SSE stream into Anthropic Messages SSE events.
 #[derive(Debug)]
 pub struct ChatToAnthropicStream {
-    sse: SseParser,
-    events: Vec<SseEvent>,
+    input: SseInput,
     id: String,
     model: String,
     input_estimate: u64,
@@ -600,8 +574,7 @@ impl ChatToAnthropicStream {
     /// `message_delta`).
     pub fn new(model: &str, input_estimate: u64) -> Self {
         ChatToAnthropicStream {
-            sse: SseParser::new(),
-            events: Vec::new(),
+            input: SseInput::default(),
             id: super::fresh_id("msg"),
             model: model.to_string(),
             input_estimate,
@@ -627,51 +600,13 @@ impl ChatToAnthropicStream {
 
     /// Feed the next piece of the upstream chat SSE body; returns Anthropic SSE bytes.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        if self.sse.feed(input, &mut self.events).is_err() {
-            self.error(&mut out, "api_error", "upstream SSE event too large");
-            return out;
-        }
-        self.drain(&mut out);
-        out
+        sse::feed(self, input)
     }
 
     /// The upstream body ended: a missing `[DONE]` after a finish reason is forgiven; a stream
     /// cut before one ends with an `error` event.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        self.sse.finish(&mut self.events);
-        self.drain(&mut out);
-        if !self.finished {
-            if self.finish_reason.is_some() {
-                self.end(&mut out);
-            } else {
-                self.error(
-                    &mut out,
-                    "api_error",
-                    "upstream stream ended before completion",
-                );
-            }
-        }
-        out
-    }
-
-    fn drain(&mut self, out: &mut Vec<u8>) {
-        let events = std::mem::take(&mut self.events);
-        for ev in &events {
-            if self.finished {
-                break;
-            }
-            self.event(&ev.data, out);
-        }
-        self.events = events;
-        self.events.clear();
+        sse::finish(self)
     }
 
     fn error(&mut self, out: &mut Vec<u8>, etype: &str, message: &str) {
@@ -681,7 +616,6 @@ impl ChatToAnthropicStream {
             &json!({"type": "error", "error": {"type": etype, "message": message}}),
         );
         self.finished = true;
-        self.events.clear();
     }
 
     fn start(&mut self, out: &mut Vec<u8>) {
@@ -725,48 +659,31 @@ impl ChatToAnthropicStream {
     }
 
     fn event(&mut self, data: &str, out: &mut Vec<u8>) {
-        if data.trim() == "[DONE]" {
-            self.start(out);
-            self.end(out);
-            return;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            self.error(out, "api_error", "upstream sent an event that is not JSON");
-            return;
+        let v = match chat::stream_event(data) {
+            StreamEvent::Done => {
+                self.start(out);
+                self.end(out);
+                return;
+            }
+            StreamEvent::NotJson => {
+                self.error(out, "api_error", "upstream sent an event that is not JSON");
+                return;
+            }
+            StreamEvent::Error(err) => {
+                self.stream_error(out, &err);
+                return;
+            }
+            StreamEvent::Chunk(v) => v,
         };
-        if let Some(err) = v.get("error") {
-            let message = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error")
-                .to_string();
-            let etype = match err.get("type").and_then(Value::as_str) {
-                Some("rate_limit_error") => "rate_limit_error",
-                Some("invalid_request_error") => "invalid_request_error",
-                _ if err.get("code").and_then(Value::as_str) == Some("overloaded_error") => {
-                    "overloaded_error"
-                }
-                _ => "api_error",
-            };
-            self.error(out, etype, &message);
-            return;
-        }
         self.start(out);
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(TokenUsage::from_openai(u));
+        if let Some(u) = chat::usage_of(&v) {
+            self.usage = Some(u);
         }
-        let Some(choice) = v.get("choices").and_then(Value::as_array).and_then(|c| {
-            c.iter()
-                .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-        }) else {
+        let Some(choice) = chat::choice_zero(&v) else {
             return;
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
+        if let Some(text) = chat::delta_text(delta, "content") {
             if self.open != Some(OpenBlock::Text) {
                 self.open_block(out, OpenBlock::Text, json!({"type": "text", "text": ""}));
             }
@@ -784,38 +701,26 @@ impl ChatToAnthropicStream {
             .into_iter()
             .flatten()
         {
-            let ci = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let fragment = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let call = chat::call_fields(call);
+            let ci = call.index;
             let block = match self.tool_blocks.iter().find(|(c, _)| *c == ci) {
                 Some(&(_, b)) => b,
                 None => {
-                    let id = call
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    let name = call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
                     let b = self.open_block(
                         out,
                         OpenBlock::Tool(ci),
-                        json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                        json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}}),
                     );
                     self.tool_blocks.push((ci, b));
                     b
                 }
             };
-            if !fragment.is_empty() {
+            if !call.arguments.is_empty() {
                 write_event(
                     out,
                     "content_block_delta",
                     &json!({"type": "content_block_delta", "index": block,
-                            "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+                            "delta": {"type": "input_json_delta", "partial_json": call.arguments}}),
                 );
             }
         }
@@ -823,6 +728,20 @@ impl ChatToAnthropicStream {
             self.finish_reason = Some(f.to_string());
             self.close_block(out);
         }
+    }
+
+    /// An upstream error event, as an Anthropic `error` event of the nearest type.
+    fn stream_error(&mut self, out: &mut Vec<u8>, err: &Value) {
+        let message = chat::error_message(err);
+        let etype = match err.get("type").and_then(Value::as_str) {
+            Some("rate_limit_error") => "rate_limit_error",
+            Some("invalid_request_error") => "invalid_request_error",
+            _ if err.get("code").and_then(Value::as_str) == Some("overloaded_error") => {
+                "overloaded_error"
+            }
+            _ => "api_error",
+        };
+        self.error(out, etype, &message);
     }
 
     fn end(&mut self, out: &mut Vec<u8>) {
@@ -843,6 +762,32 @@ impl ChatToAnthropicStream {
         );
         write_event(out, "message_stop", &json!({"type": "message_stop"}));
         self.finished = true;
+    }
+}
+
+impl Convert for ChatToAnthropicStream {
+    fn input(&mut self) -> &mut SseInput {
+        &mut self.input
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<u8>) {
+        self.event(&ev.data, out);
+    }
+
+    fn too_large(&mut self, out: &mut Vec<u8>) {
+        self.error(out, "api_error", "upstream SSE event too large");
+    }
+
+    fn ended(&mut self, out: &mut Vec<u8>) {
+        if self.finish_reason.is_some() {
+            self.end(out);
+        } else {
+            self.error(out, "api_error", "upstream stream ended before completion");
+        }
     }
 }
 
@@ -1039,27 +984,8 @@ mod tests {
         assert!(count_tokens(&json!({"messages": 3})).is_err());
     }
 
-    /// (event name, payload) pairs of Anthropic SSE output.
-    fn events(out: &[u8]) -> Vec<(String, Value)> {
-        let text = std::str::from_utf8(out).expect("utf8");
-        text.split_terminator("\n\n")
-            .map(|e| {
-                let (ev, data) = e.split_once('\n').expect("two lines");
-                let name = ev.strip_prefix("event: ").expect("event").to_string();
-                let v: Value =
-                    serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
-                assert_eq!(v["type"], name.as_str());
-                (name, v)
-            })
-            .collect()
-    }
-
-    fn chunk(delta: Value, finish: Option<&str>) -> String {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        )
-    }
+    use crate::translate::chat::test_chunk as chunk;
+    use crate::translate::sse::named_events as events;
 
     #[test]
     fn stream_event_order_text_then_tool_with_usage_in_message_delta() {

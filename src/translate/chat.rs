@@ -366,6 +366,281 @@ pub fn tool_choice(req: &Map<String, Value>) -> Result<Option<ToolChoice>, Trans
     }
 }
 
+/// The model to send upstream: `model_override` (a backend's model mapping), else the
+/// request's `model`; a missing one is a 400 saying `missing`.
+pub(crate) fn request_model(
+    req: &Map<String, Value>,
+    model_override: Option<&str>,
+    missing: &str,
+) -> Result<String, TranslateError> {
+    Ok(match model_override {
+        Some(m) => m.to_string(),
+        None => super::opt_str(req, "model", "model")?
+            .ok_or_else(|| TranslateError::field("model", missing))?
+            .to_string(),
+    })
+}
+
+/// The chat request's `messages` array.
+pub(crate) fn messages(req: &Map<String, Value>) -> Result<&Vec<Value>, TranslateError> {
+    req.get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| TranslateError::field("messages", "messages must be an array"))
+}
+
+/// One chat message, read far enough to dispatch on its role.
+pub(crate) struct Message<'a> {
+    /// The message object.
+    pub msg: &'a Map<String, Value>,
+    /// Its `role`.
+    pub role: &'a str,
+    /// `messages[i]`, for error paths.
+    pub field: String,
+    /// `messages[i].content`, for error paths.
+    pub content_field: String,
+}
+
+/// Read message `i` of `messages`: an object with a `role`.
+pub(crate) fn message(m: &Value, i: usize) -> Result<Message<'_>, TranslateError> {
+    let field = format!("messages[{i}]");
+    let msg = super::expect_object(m, &field)?;
+    let role = super::opt_str(msg, "role", &format!("{field}.role"))?
+        .ok_or_else(|| TranslateError::field(format!("{field}.role"), "missing role"))?;
+    let content_field = format!("{field}.content");
+    Ok(Message {
+        msg,
+        role,
+        field,
+        content_field,
+    })
+}
+
+/// The 400 for a message whose role the provider has no place for.
+pub(crate) fn unsupported_role(m: &Message<'_>) -> TranslateError {
+    TranslateError::field(
+        format!("{}.role", m.field),
+        format!("role {:?} is not supported", m.role),
+    )
+}
+
+/// The 400 for a conversation left with no user or assistant turn.
+pub(crate) fn no_turns() -> TranslateError {
+    TranslateError::field(
+        "messages",
+        "at least one user or assistant message is required",
+    )
+}
+
+/// The output limit: `max_completion_tokens`, else the older `max_tokens`.
+pub(crate) fn max_tokens(req: &Map<String, Value>) -> Result<Option<u64>, TranslateError> {
+    match super::opt_u64(req, "max_completion_tokens")? {
+        Some(n) => Ok(Some(n)),
+        None => super::opt_u64(req, "max_tokens"),
+    }
+}
+
+/// What `response_format` asks for when it asks for JSON.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum JsonFormat<'a> {
+    /// `json_object`: any JSON object.
+    Object,
+    /// `json_schema`: JSON matching this schema.
+    Schema(&'a Value),
+}
+
+/// Read `response_format`: `None` when absent, null or `text`.
+pub(crate) fn json_format(
+    req: &Map<String, Value>,
+) -> Result<Option<JsonFormat<'_>>, TranslateError> {
+    let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let rf = super::expect_object(rf, "response_format")?;
+    match super::opt_str(rf, "type", "response_format.type")? {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(JsonFormat::Object)),
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    TranslateError::field("response_format.json_schema.schema", "missing schema")
+                })?;
+            Ok(Some(JsonFormat::Schema(schema)))
+        }
+        _ => Err(TranslateError::field(
+            "response_format.type",
+            "response_format.type must be text, json_object or json_schema",
+        )),
+    }
+}
+
+/// The chat `tools` for a request with a flat tool list (Responses and Anthropic style: one
+/// object per tool, with its `type` beside the function's fields). `function` gets each tool's
+/// path, object and `type` and returns the chat `function` object, or the 400 for a tool the
+/// chat format cannot carry. Absent or null `tools`: none.
+pub(crate) fn flat_tools(
+    req: &Map<String, Value>,
+    mut function: impl FnMut(&str, &Map<String, Value>, Option<&str>) -> Result<Value, TranslateError>,
+) -> Result<Vec<Value>, TranslateError> {
+    let Some(tools) = req.get("tools").filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let tools = tools
+        .as_array()
+        .ok_or_else(|| TranslateError::field("tools", "tools must be an array"))?;
+    let mut chat_tools = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let f = format!("tools[{i}]");
+        let t = super::expect_object(t, &f)?;
+        let ttype = super::opt_str(t, "type", &format!("{f}.type"))?;
+        chat_tools.push(json!({"type": "function", "function": function(&f, t, ttype)?}));
+    }
+    Ok(chat_tools)
+}
+
+/// A `tool_calls[]` entry of a `chat.completion` message.
+pub(crate) fn tool_call_json(id: &str, name: &str, arguments: &str) -> Value {
+    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+}
+
+/// The assistant `message` of a `chat.completion` choice: `content` is null when the answer is
+/// only tool calls.
+pub(crate) fn assistant_message(text: String, calls: Vec<Value>) -> Value {
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
+        "refusal": null,
+    });
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    message
+}
+
+/// A whole `chat.completion` object.
+pub(crate) fn completion(id: &str, model: &str, choices: Vec<Value>, usage: &TokenUsage) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": super::now_secs(),
+        "model": model,
+        "choices": choices,
+        "usage": usage.openai_json(),
+    })
+}
+
+/// The model to report: the one the client asked for, else the upstream's.
+pub(crate) fn reported_model<'a>(asked: &'a str, upstream: Option<&'a str>) -> &'a str {
+    if asked.is_empty() {
+        upstream.unwrap_or("")
+    } else {
+        asked
+    }
+}
+
+/// The first choice of a whole `chat.completion`; a body without one is a 502.
+pub(crate) fn first_choice(chat: &Value) -> Result<&Value, TranslateError> {
+    chat.get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+        .ok_or_else(|| TranslateError::upstream("chat completion without choices"))
+}
+
+/// An upstream chat stream event, as the converters serving other dialects read it.
+pub(crate) enum StreamEvent {
+    /// `[DONE]`.
+    Done,
+    /// Not JSON: the stream must fail.
+    NotJson,
+    /// An error event: its `error` object.
+    Error(Value),
+    /// A chunk.
+    Chunk(Value),
+}
+
+/// Parse one upstream chat stream event's data.
+pub(crate) fn stream_event(data: &str) -> StreamEvent {
+    if data.trim() == "[DONE]" {
+        return StreamEvent::Done;
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(data) else {
+        return StreamEvent::NotJson;
+    };
+    match v.as_object_mut().and_then(|o| o.remove("error")) {
+        Some(err) => StreamEvent::Error(err),
+        None => StreamEvent::Chunk(v),
+    }
+}
+
+/// The `message` of a stream error object.
+pub(crate) fn error_message(err: &Value) -> String {
+    err.get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("upstream error")
+        .to_string()
+}
+
+/// The `usage` of a chat completion or chunk, when it carries one.
+pub(crate) fn usage_of(chunk: &Value) -> Option<TokenUsage> {
+    chunk
+        .get("usage")
+        .filter(|u| u.is_object())
+        .map(TokenUsage::from_openai)
+}
+
+/// Choice 0 of a chunk (other choices are not translated).
+pub(crate) fn choice_zero(chunk: &Value) -> Option<&Value> {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+        })
+}
+
+/// A non-empty string field of a delta (`content`, `refusal`).
+pub(crate) fn delta_text<'a>(delta: &'a Value, key: &str) -> Option<&'a str> {
+    delta
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+}
+
+/// The fields of a tool call, whole or a stream fragment (missing ones read as 0 or empty).
+pub(crate) struct CallFields<'a> {
+    /// `index` (stream fragments).
+    pub index: u64,
+    /// `id`.
+    pub id: &'a str,
+    /// `function.name`.
+    pub name: &'a str,
+    /// `function.arguments`.
+    pub arguments: &'a str,
+}
+
+/// Read a tool call's fields.
+pub(crate) fn call_fields(call: &Value) -> CallFields<'_> {
+    let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or("");
+    CallFields {
+        index: call.get("index").and_then(Value::as_u64).unwrap_or(0),
+        id: s("/id"),
+        name: s("/function/name"),
+        arguments: s("/function/arguments"),
+    }
+}
+
+/// The status of a rewritten upstream error: the upstream's if it is an error status, else
+/// 502.
+pub(crate) fn error_status(status: u16) -> u16 {
+    if (400..=599).contains(&status) {
+        status
+    } else {
+        502
+    }
+}
+
 /// Writes the `chat.completion.chunk` frames of one translated stream.
 #[derive(Debug, Clone)]
 pub struct ChunkWriter {
@@ -378,6 +653,15 @@ pub struct ChunkWriter {
 }
 
 impl ChunkWriter {
+    /// A writer for a new stream answering as `model`: a fresh `chatcmpl` id, created now.
+    pub fn new(model: &str) -> Self {
+        ChunkWriter {
+            id: super::fresh_id("chatcmpl"),
+            created: super::now_secs(),
+            model: model.to_string(),
+        }
+    }
+
     /// A chunk for choice `index` with `delta` and, if the choice ended, its finish reason.
     pub fn delta(&self, out: &mut Vec<u8>, index: u64, delta: Value, finish: Option<&str>) {
         let chunk = json!({
@@ -440,6 +724,17 @@ pub fn openai_type_for_status(status: u16) -> &'static str {
         _ if (400..500).contains(&status) => "invalid_request_error",
         _ => "api_error",
     }
+}
+
+/// Test helper: one upstream `chat.completion.chunk` frame with choice 0's `delta` and finish
+/// reason.
+#[cfg(test)]
+pub(crate) fn test_chunk(delta: Value, finish: Option<&str>) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "up",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    )
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::chat::{self, ChunkWriter, Image, Part, ToolChoice};
-use super::sse::{SseEvent, SseParser, DONE};
+use super::chat::{self, ChunkWriter, Image, JsonFormat, Part, ToolChoice};
+use super::sse::{self, Convert, SseEvent, SseInput, DONE};
 use super::{MappedError, TokenUsage, TranslateError};
 
 /// A translated request: where to send it and what.
@@ -64,30 +64,19 @@ pub fn chat_to_generate(
     model_override: Option<&str>,
 ) -> Result<GeminiRequest, TranslateError> {
     let req = super::expect_object(req, "body")?;
-    let model = match model_override {
-        Some(m) => m.to_string(),
-        None => super::opt_str(req, "model", "model")?
-            .ok_or_else(|| TranslateError::field("model", "model is required"))?
-            .to_string(),
-    };
+    let model = chat::request_model(req, model_override, "model is required")?;
     let stream = super::opt_bool(req, "stream")? == Some(true);
     let path = request_path(&model, stream)?;
 
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| TranslateError::field("messages", "messages must be an array"))?;
+    let messages = chat::messages(req)?;
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
     // (tool_call_id, function name) of every assistant tool call so far, in order.
     let mut calls_seen: Vec<(String, String)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        let mf = format!("messages[{i}]");
-        let msg = super::expect_object(m, &mf)?;
-        let role = super::opt_str(msg, "role", &format!("{mf}.role"))?
-            .ok_or_else(|| TranslateError::field(format!("{mf}.role"), "missing role"))?;
-        let cf = format!("{mf}.content");
-        let (role, parts) = match role {
+        let m = chat::message(m, i)?;
+        let (msg, mf, cf) = (m.msg, &m.field, m.content_field.clone());
+        let (role, parts) = match m.role {
             "system" | "developer" => {
                 let text = chat::content_text(msg.get("content"), &cf)?;
                 if !text.is_empty() {
@@ -138,12 +127,7 @@ pub fn chat_to_generate(
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 )
             }
-            other => {
-                return Err(TranslateError::field(
-                    format!("{mf}.role"),
-                    format!("role {other:?} is not supported"),
-                ))
-            }
+            _ => return Err(chat::unsupported_role(&m)),
         };
         if parts.is_empty() {
             continue;
@@ -154,10 +138,7 @@ pub fn chat_to_generate(
         }
     }
     if contents.is_empty() {
-        return Err(TranslateError::field(
-            "messages",
-            "at least one user or assistant message is required",
-        ));
+        return Err(chat::no_turns());
     }
     let mut body = Map::new();
     body.insert(
@@ -228,11 +209,7 @@ pub fn chat_to_generate(
     if let Some(p) = super::opt_number(req, "top_p")? {
         gc.insert("topP".into(), p);
     }
-    let max_tokens = match super::opt_u64(req, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => super::opt_u64(req, "max_tokens")?,
-    };
-    if let Some(n) = max_tokens {
+    if let Some(n) = chat::max_tokens(req)? {
         gc.insert("maxOutputTokens".into(), json!(n));
     }
     let stop = chat::stop_list(req.get("stop"), "stop")?;
@@ -256,35 +233,17 @@ pub fn chat_to_generate(
             gc.insert(to.into(), v);
         }
     }
-    if let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) {
-        let rf = super::expect_object(rf, "response_format")?;
-        match super::opt_str(rf, "type", "response_format.type")? {
-            Some("text") => {}
-            Some("json_object") => {
-                gc.insert("responseMimeType".into(), json!("application/json"));
-            }
-            Some("json_schema") => {
-                let schema = rf
-                    .get("json_schema")
-                    .and_then(|j| j.get("schema"))
-                    .ok_or_else(|| {
-                        TranslateError::field(
-                            "response_format.json_schema.schema",
-                            "missing schema",
-                        )
-                    })?;
-                gc.insert("responseMimeType".into(), json!("application/json"));
-                gc.insert(
-                    "responseSchema".into(),
-                    sanitize_schema(schema, "response_format.json_schema.schema")?,
-                );
-            }
-            _ => {
-                return Err(TranslateError::field(
-                    "response_format.type",
-                    "response_format.type must be text, json_object or json_schema",
-                ))
-            }
+    match chat::json_format(req)? {
+        None => {}
+        Some(JsonFormat::Object) => {
+            gc.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some(JsonFormat::Schema(schema)) => {
+            gc.insert("responseMimeType".into(), json!("application/json"));
+            gc.insert(
+                "responseSchema".into(),
+                sanitize_schema(schema, "response_format.json_schema.schema")?,
+            );
         }
     }
     if !gc.is_empty() {
@@ -518,24 +477,14 @@ pub fn generate_to_chat_response(resp: &Value, model: &str) -> Result<Value, Tra
             .get("finishReason")
             .and_then(Value::as_str)
             .unwrap_or("STOP");
-        let mut message = json!({
-            "role": "assistant",
-            "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
-            "refusal": null,
-        });
-        if !calls.is_empty() {
-            message["tool_calls"] = Value::Array(
-                calls
-                    .iter()
-                    .map(|(id, name, args)| {
-                        json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
-                    })
-                    .collect(),
-            );
-        }
+        let finish = finish_reason(reason, !calls.is_empty());
+        let calls = calls
+            .iter()
+            .map(|(id, name, args)| chat::tool_call_json(id, name, args))
+            .collect();
         choices.push(json!({
-            "index": index, "message": message, "logprobs": null,
-            "finish_reason": finish_reason(reason, !calls.is_empty()),
+            "index": index, "message": chat::assistant_message(text, calls), "logprobs": null,
+            "finish_reason": finish,
         }));
     }
     if choices.is_empty() {
@@ -548,25 +497,16 @@ pub fn generate_to_chat_response(resp: &Value, model: &str) -> Result<Value, Tra
         }));
     }
     let usage = usage_from(obj.get("usageMetadata").unwrap_or(&Value::Null));
-    let model = if model.is_empty() {
-        obj.get("modelVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    } else {
-        model
-    };
     let id = obj
         .get("responseId")
         .and_then(Value::as_str)
         .map_or_else(|| super::fresh_id("chatcmpl"), str::to_string);
-    Ok(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": super::now_secs(),
-        "model": model,
-        "choices": choices,
-        "usage": usage.openai_json(),
-    }))
+    Ok(chat::completion(
+        &id,
+        chat::reported_model(model, obj.get("modelVersion").and_then(Value::as_str)),
+        choices,
+        &usage,
+    ))
 }
 
 /// Google RPC status -> (HTTP status, OpenAI error type).
@@ -583,11 +523,7 @@ fn map_status(rpc: &str, http: u16) -> (u16, &'static str) {
         "DEADLINE_EXCEEDED" => (504, "api_error"),
         "INTERNAL" | "UNKNOWN" | "DATA_LOSS" => (500, "api_error"),
         _ => {
-            let s = if (400..=599).contains(&http) {
-                http
-            } else {
-                502
-            };
+            let s = chat::error_status(http);
             (s, chat::openai_type_for_status(s))
         }
     }
@@ -648,11 +584,7 @@ pub fn error_to_openai(status: u16, body: &[u8]) -> MappedError {
             chat::openai_error(s, otype, Some(&code), &message)
         }
         None => {
-            let s = if (400..=599).contains(&status) {
-                status
-            } else {
-                502
-            };
+            let s = chat::error_status(status);
             chat::openai_error(
                 s,
                 chat::openai_type_for_status(s),
@@ -669,8 +601,7 @@ pub fn error_to_openai(status: u16, body: &[u8]) -> MappedError {
 /// which the caller must invoke when the upstream body ends.
 #[derive(Debug)]
 pub struct GeminiStream {
-    sse: SseParser,
-    events: Vec<SseEvent>,
+    input: SseInput,
     writer: ChunkWriter,
     include_usage: bool,
     /// Per candidate index: tool calls so far (the role chunk went out on first sight).
@@ -686,13 +617,8 @@ impl GeminiStream {
     /// A converter answering as `model`; `include_usage` adds the final usage chunk.
     pub fn new(model: &str, include_usage: bool) -> Self {
         GeminiStream {
-            sse: SseParser::new(),
-            events: Vec::new(),
-            writer: ChunkWriter {
-                id: super::fresh_id("chatcmpl"),
-                created: super::now_secs(),
-                model: model.to_string(),
-            },
+            input: SseInput::default(),
+            writer: ChunkWriter::new(model),
             include_usage,
             candidates: Vec::new(),
             next_call: 0,
@@ -715,75 +641,23 @@ impl GeminiStream {
 
     /// Feed the next piece of the upstream body; returns the OpenAI SSE bytes it produced.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        if self.sse.feed(input, &mut self.events).is_err() {
-            self.fail(
-                &mut out,
-                "upstream SSE event too large",
-                "upstream_stream_error",
-            );
-            return out;
-        }
-        self.drain(&mut out);
-        out
+        sse::feed(self, input)
     }
 
     /// The upstream body ended: the usage chunk and `[DONE]` when a finish reason was seen,
     /// an error event when the stream was cut before one.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        self.sse.finish(&mut self.events);
-        self.drain(&mut out);
-        if self.finished {
-            return out;
-        }
-        if self.saw_finish {
-            if self.include_usage {
-                self.writer.usage(&mut out, &self.usage);
-            }
-            out.extend_from_slice(DONE);
-            self.finished = true;
-        } else {
-            self.fail(
-                &mut out,
-                "upstream stream ended before a finishReason",
-                "upstream_stream_error",
-            );
-        }
-        out
+        sse::finish(self)
     }
 
-    fn fail(&mut self, out: &mut Vec<u8>, message: &str, code: &str) {
-        chat::write_error_event(out, message, "api_error", Some(code));
+    fn fail(&mut self, out: &mut Vec<u8>, message: &str) {
+        chat::write_error_event(out, message, "api_error", Some("upstream_stream_error"));
         self.finished = true;
-        self.events.clear();
-    }
-
-    fn drain(&mut self, out: &mut Vec<u8>) {
-        let events = std::mem::take(&mut self.events);
-        for ev in &events {
-            if self.finished {
-                break;
-            }
-            self.event(ev, out);
-        }
-        self.events = events;
-        self.events.clear();
     }
 
     fn event(&mut self, ev: &SseEvent, out: &mut Vec<u8>) {
         let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-            self.fail(
-                out,
-                "upstream sent an event that is not JSON",
-                "upstream_stream_error",
-            );
+            self.fail(out, "upstream sent an event that is not JSON");
             return;
         };
         if let Some(err) = error_object(&v) {
@@ -856,6 +730,36 @@ impl GeminiStream {
                 continue;
             }
             self.writer.delta(out, index, Value::Object(delta), finish);
+        }
+    }
+}
+
+impl Convert for GeminiStream {
+    fn input(&mut self) -> &mut SseInput {
+        &mut self.input
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<u8>) {
+        self.event(ev, out);
+    }
+
+    fn too_large(&mut self, out: &mut Vec<u8>) {
+        self.fail(out, "upstream SSE event too large");
+    }
+
+    fn ended(&mut self, out: &mut Vec<u8>) {
+        if self.saw_finish {
+            if self.include_usage {
+                self.writer.usage(out, &self.usage);
+            }
+            out.extend_from_slice(DONE);
+            self.finished = true;
+        } else {
+            self.fail(out, "upstream stream ended before a finishReason");
         }
     }
 }

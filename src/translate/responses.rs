@@ -16,7 +16,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::sse::{write_event, SseEvent, SseParser};
+use super::chat::{self, StreamEvent};
+use super::sse::{self, write_event, Convert, SseEvent, SseInput};
 use super::{TokenUsage, TranslateError};
 
 /// Request fields echoed into the response object, with their defaults.
@@ -75,39 +76,31 @@ pub fn responses_to_chat(req: &Value) -> Result<Value, TranslateError> {
     }
     out.insert("messages".into(), Value::Array(messages));
 
-    if let Some(tools) = req.get("tools").filter(|v| !v.is_null()) {
-        let tools = tools
-            .as_array()
-            .ok_or_else(|| TranslateError::field("tools", "tools must be an array"))?;
-        let mut chat_tools = Vec::with_capacity(tools.len());
-        for (i, t) in tools.iter().enumerate() {
-            let f = format!("tools[{i}]");
-            let t = super::expect_object(t, &f)?;
-            match super::opt_str(t, "type", &format!("{f}.type"))? {
-                Some("function") => {}
-                other => {
-                    return Err(TranslateError::field(
-                        format!("{f}.type"),
-                        format!(
-                            "tool type {:?} is not supported through the chat completions shim",
-                            other.unwrap_or("")
-                        ),
-                    ))
-                }
+    let tools = chat::flat_tools(req, |f, t, ttype| {
+        match ttype {
+            Some("function") => {}
+            other => {
+                return Err(TranslateError::field(
+                    format!("{f}.type"),
+                    format!(
+                        "tool type {:?} is not supported through the chat completions shim",
+                        other.unwrap_or("")
+                    ),
+                ))
             }
-            let name = super::opt_str(t, "name", &format!("{f}.name"))?
-                .ok_or_else(|| TranslateError::field(format!("{f}.name"), "missing"))?;
-            let mut func = json!({"name": name});
-            for key in ["description", "parameters", "strict"] {
-                if let Some(v) = t.get(key).filter(|v| !v.is_null()) {
-                    func[key] = v.clone();
-                }
+        }
+        let name = super::opt_str(t, "name", &format!("{f}.name"))?
+            .ok_or_else(|| TranslateError::field(format!("{f}.name"), "missing"))?;
+        let mut func = json!({"name": name});
+        for key in ["description", "parameters", "strict"] {
+            if let Some(v) = t.get(key).filter(|v| !v.is_null()) {
+                func[key] = v.clone();
             }
-            chat_tools.push(json!({"type": "function", "function": func}));
         }
-        if !chat_tools.is_empty() {
-            out.insert("tools".into(), Value::Array(chat_tools));
-        }
+        Ok(func)
+    })?;
+    if !tools.is_empty() {
+        out.insert("tools".into(), Value::Array(tools));
     }
     match req.get("tool_choice") {
         None | Some(Value::Null) => {}
@@ -440,12 +433,8 @@ fn model_of(original: &Value, upstream: Option<&str>) -> String {
 
 /// Convert a whole `chat.completion` into a Responses `response` object for `original` (the
 /// client's Responses request). A body without a choice is a 502.
-pub fn chat_to_response(chat: &Value, original: &Value) -> Result<Value, TranslateError> {
-    let choice = chat
-        .get("choices")
-        .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .ok_or_else(|| TranslateError::upstream("chat completion without choices"))?;
+pub fn chat_to_response(chat_resp: &Value, original: &Value) -> Result<Value, TranslateError> {
+    let choice = chat::first_choice(chat_resp)?;
     let msg = choice.get("message").unwrap_or(&Value::Null);
     let finish = choice.get("finish_reason").and_then(Value::as_str);
     let incomplete = incomplete_reason(finish);
@@ -476,19 +465,16 @@ pub fn chat_to_response(chat: &Value, original: &Value) -> Result<Value, Transla
         output.push(message_item(&super::fresh_id("msg"), item_status, content));
     }
     for call in calls.into_iter().flatten() {
-        let f = call.get("function").unwrap_or(&Value::Null);
+        let call = chat::call_fields(call);
         output.push(call_item(
             &super::fresh_id("fc"),
             "completed",
-            call.get("id").and_then(Value::as_str).unwrap_or(""),
-            f.get("name").and_then(Value::as_str).unwrap_or(""),
-            f.get("arguments").and_then(Value::as_str).unwrap_or(""),
+            call.id,
+            call.name,
+            call.arguments,
         ));
     }
-    let usage = chat
-        .get("usage")
-        .filter(|u| u.is_object())
-        .map(TokenUsage::from_openai);
+    let usage = chat::usage_of(chat_resp);
     let status = if incomplete.is_some() {
         "incomplete"
     } else {
@@ -496,10 +482,11 @@ pub fn chat_to_response(chat: &Value, original: &Value) -> Result<Value, Transla
     };
     let mut r = response_object(
         &super::fresh_id("resp"),
-        chat.get("created")
+        chat_resp
+            .get("created")
             .and_then(Value::as_u64)
             .unwrap_or_else(super::now_secs),
-        &model_of(original, chat.get("model").and_then(Value::as_str)),
+        &model_of(original, chat_resp.get("model").and_then(Value::as_str)),
         original,
         status,
         output,
@@ -532,8 +519,7 @@ enum Open {
 /// Converts a chat completion SSE stream into Responses SSE events (see the module docs).
 #[derive(Debug)]
 pub struct ResponsesStream {
-    sse: SseParser,
-    events: Vec<SseEvent>,
+    input: SseInput,
     original: Value,
     id: String,
     created_at: u64,
@@ -562,8 +548,7 @@ impl ResponsesStream {
             }
         }
         ResponsesStream {
-            sse: SseParser::new(),
-            events: Vec::new(),
+            input: SseInput::default(),
             model: model_of(original, None),
             original: Value::Object(echo),
             id: super::fresh_id("resp"),
@@ -596,49 +581,13 @@ impl ResponsesStream {
 
     /// Feed the next piece of the upstream chat SSE body; returns Responses SSE bytes.
     pub fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        if self.sse.feed(input, &mut self.events).is_err() {
-            self.fail(&mut out, "upstream SSE event too large");
-            return out;
-        }
-        let events = std::mem::take(&mut self.events);
-        for ev in &events {
-            if self.finished {
-                break;
-            }
-            self.event(&ev.data, &mut out);
-        }
-        self.events = events;
-        self.events.clear();
-        out
+        sse::feed(self, input)
     }
 
     /// The upstream body ended. Without `[DONE]` (or at least a finish reason) the stream was
     /// cut: `response.failed`.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.finished {
-            return out;
-        }
-        self.sse.finish(&mut self.events);
-        let events = std::mem::take(&mut self.events);
-        for ev in &events {
-            if self.finished {
-                break;
-            }
-            self.event(&ev.data, &mut out);
-        }
-        if !self.finished {
-            if self.finish_reason.is_some() {
-                self.complete(&mut out);
-            } else {
-                self.fail(&mut out, "upstream stream ended before completion");
-            }
-        }
-        out
+        sse::finish(self)
     }
 
     /// End the stream as failed now (the upstream broke, a timeout fired): the
@@ -682,52 +631,43 @@ impl ResponsesStream {
     }
 
     fn event(&mut self, data: &str, out: &mut Vec<u8>) {
-        if data.trim() == "[DONE]" {
-            self.start(out);
-            self.complete(out);
-            return;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            self.fail(out, "upstream sent an event that is not JSON");
-            return;
+        let v = match chat::stream_event(data) {
+            StreamEvent::Done => {
+                self.start(out);
+                self.complete(out);
+                return;
+            }
+            StreamEvent::NotJson => {
+                self.fail(out, "upstream sent an event that is not JSON");
+                return;
+            }
+            StreamEvent::Error(err) => {
+                let code = err
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .or_else(|| err.get("type").and_then(Value::as_str))
+                    .unwrap_or("server_error")
+                    .to_string();
+                self.fail_with(out, &code, &chat::error_message(&err));
+                return;
+            }
+            StreamEvent::Chunk(v) => v,
         };
-        if let Some(err) = v.get("error") {
-            let message = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error")
-                .to_string();
-            let code = err
-                .get("code")
-                .and_then(Value::as_str)
-                .or_else(|| err.get("type").and_then(Value::as_str))
-                .unwrap_or("server_error")
-                .to_string();
-            self.fail_with(out, &code, &message);
-            return;
-        }
         self.start(out);
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(TokenUsage::from_openai(u));
+        if let Some(u) = chat::usage_of(&v) {
+            self.usage = Some(u);
         }
         if self.model.is_empty() {
             if let Some(m) = v.get("model").and_then(Value::as_str) {
                 self.model = m.to_string();
             }
         }
-        let Some(choice) = v.get("choices").and_then(Value::as_array).and_then(|c| {
-            c.iter()
-                .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-        }) else {
+        let Some(choice) = chat::choice_zero(&v) else {
             return;
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
         for key in ["content", "refusal"] {
-            if let Some(text) = delta
-                .get(key)
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
+            if let Some(text) = chat::delta_text(delta, key) {
                 self.text_delta(out, text);
             }
         }
@@ -781,11 +721,9 @@ impl ResponsesStream {
     }
 
     fn call_delta(&mut self, out: &mut Vec<u8>, call: &Value) {
-        let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let fragment = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let call = chat::call_fields(call);
+        let chat_index = call.index;
+        let fragment = call.arguments;
         let is_open =
             matches!(&self.open, Some(Open::Call { chat_index: ci, .. }) if *ci == chat_index);
         if !is_open {
@@ -805,16 +743,8 @@ impl ResponsesStream {
             self.close_open(out);
             let item_id = super::fresh_id("fc");
             let output_index = self.output.len();
-            let call_id = call
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let name = call
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+            let call_id = call.id.to_string();
+            let name = call.name.to_string();
             self.emit(
                 out,
                 "response.output_item.added",
@@ -952,7 +882,32 @@ impl ResponsesStream {
         r["error"] = json!({"code": code, "message": message});
         self.emit(out, "response.failed", json!({"response": r}));
         self.finished = true;
-        self.events.clear();
+    }
+}
+
+impl Convert for ResponsesStream {
+    fn input(&mut self) -> &mut SseInput {
+        &mut self.input
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<u8>) {
+        self.event(&ev.data, out);
+    }
+
+    fn too_large(&mut self, out: &mut Vec<u8>) {
+        self.fail(out, "upstream SSE event too large");
+    }
+
+    fn ended(&mut self, out: &mut Vec<u8>) {
+        if self.finish_reason.is_some() {
+            self.complete(out);
+        } else {
+            self.fail(out, "upstream stream ended before completion");
+        }
     }
 }
 
@@ -1115,29 +1070,8 @@ mod tests {
         );
     }
 
-    /// Parse Responses SSE output into (event name, payload) pairs, checking the framing.
-    fn events(out: &[u8]) -> Vec<(String, Value)> {
-        let text = std::str::from_utf8(out).expect("utf8");
-        assert!(text.ends_with("\n\n"));
-        text.split_terminator("\n\n")
-            .map(|e| {
-                let (ev, data) = e.split_once('\n').expect("two lines");
-                let name = ev.strip_prefix("event: ").expect("event line").to_string();
-                let v: Value =
-                    serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
-                assert_eq!(v["type"], name.as_str());
-                (name, v)
-            })
-            .collect()
-    }
-
-    fn chunk(delta: Value, finish: Option<&str>) -> String {
-        format!(
-            "data: {}\n\n",
-            json!({"id": "c", "object": "chat.completion.chunk", "model": "up",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        )
-    }
+    use crate::translate::chat::test_chunk as chunk;
+    use crate::translate::sse::named_events as events;
 
     fn chat_stream() -> String {
         let mut s = String::new();

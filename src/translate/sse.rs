@@ -154,6 +154,77 @@ impl SseParser {
     }
 }
 
+/// The input side every stream converter shares: the splitter and the buffer its events go
+/// to (kept between pieces for its capacity).
+#[derive(Debug, Default)]
+pub(crate) struct SseInput {
+    parser: SseParser,
+    events: Vec<SseEvent>,
+}
+
+/// A converter of one SSE stream into another, driven by [`feed`] and [`finish`]: they own the
+/// splitting and the rule that nothing is said once the stream ended; the converter says what
+/// each event becomes and how a broken or cut stream ends.
+pub(crate) trait Convert {
+    /// The converter's splitter.
+    fn input(&mut self) -> &mut SseInput;
+    /// True once the output stream ended (a final event or an error went out).
+    fn done(&self) -> bool;
+    /// One upstream event.
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<u8>);
+    /// An upstream event broke [`MAX_EVENT_BYTES`]: the stream must fail.
+    fn too_large(&mut self, out: &mut Vec<u8>);
+    /// The upstream body ended and no event ended the output stream.
+    fn ended(&mut self, out: &mut Vec<u8>);
+}
+
+/// Feed the next piece of the upstream body to `c`; returns the bytes it produced.
+pub(crate) fn feed<C: Convert>(c: &mut C, input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if c.done() {
+        return out;
+    }
+    let sse = c.input();
+    if sse.parser.feed(input, &mut sse.events).is_err() {
+        // Events completed before the oversized one are dropped with the stream.
+        sse.events.clear();
+        c.too_large(&mut out);
+        return out;
+    }
+    drain(c, &mut out);
+    out
+}
+
+/// The upstream body ended: a pending event is dispatched, then [`Convert::ended`] if the
+/// stream is still open.
+pub(crate) fn finish<C: Convert>(c: &mut C) -> Vec<u8> {
+    let mut out = Vec::new();
+    if c.done() {
+        return out;
+    }
+    let sse = c.input();
+    sse.parser.finish(&mut sse.events);
+    drain(c, &mut out);
+    if !c.done() {
+        c.ended(&mut out);
+    }
+    out
+}
+
+fn drain<C: Convert>(c: &mut C, out: &mut Vec<u8>) {
+    let events = std::mem::take(&mut c.input().events);
+    for ev in &events {
+        if c.done() {
+            break;
+        }
+        c.on_event(ev, out);
+    }
+    // Hand the (now empty) buffer back to keep its capacity.
+    let buf = &mut c.input().events;
+    *buf = events;
+    buf.clear();
+}
+
 /// Append `data: <json>\n\n`.
 pub fn write_data(out: &mut Vec<u8>, json: &Value) {
     out.extend_from_slice(b"data: ");
@@ -177,6 +248,25 @@ pub(crate) fn data_payloads(out: &[u8]) -> Vec<String> {
     assert!(text.is_empty() || text.ends_with("\n\n"), "{text}");
     text.split_terminator("\n\n")
         .map(|e| e.strip_prefix("data: ").expect("data frame").to_string())
+        .collect()
+}
+
+/// Test helper: the (event name, payload) pairs of converter output in `event:`/`data:`
+/// frames (Responses, Anthropic), checking the framing and that each payload's `type` is its
+/// event name.
+#[cfg(test)]
+pub(crate) fn named_events(out: &[u8]) -> Vec<(String, Value)> {
+    let text = std::str::from_utf8(out).expect("utf8");
+    assert!(text.is_empty() || text.ends_with("\n\n"), "{text}");
+    text.split_terminator("\n\n")
+        .map(|e| {
+            let (ev, data) = e.split_once('\n').expect("two lines");
+            let name = ev.strip_prefix("event: ").expect("event line").to_string();
+            let v: Value =
+                serde_json::from_str(data.strip_prefix("data: ").expect("data")).expect("json");
+            assert_eq!(v["type"], name.as_str());
+            (name, v)
+        })
         .collect()
 }
 
