@@ -12,6 +12,7 @@ use crate::auth::Admitted;
 use crate::control::Role;
 use crate::http::io::write_all_timeout;
 use crate::http::{Method, RequestHead, Version};
+use crate::metrics::CacheSource;
 use crate::proxy::forward::RequestBody;
 use crate::proxy::relay::Tap;
 use crate::proxy::{reply_error, reply_json, After, Core};
@@ -150,6 +151,7 @@ pub async fn lookup(
     let end = Instant::now() + STAMPEDE_WAIT;
     let lead = loop {
         if let Some(e) = cache.get_memory(&key) {
+            core.obs.metrics.cache_lookup(CacheSource::Memory, true);
             return Err(serve(client, head, request_id, &e, &hex, "memory").await);
         }
         if let Some(l) = Lead::try_take(key) {
@@ -167,10 +169,13 @@ pub async fn lookup(
             if e.sse == stream {
                 cache.put_memory(key, e.clone());
                 drop(lead);
+                core.obs.metrics.cache_lookup(CacheSource::Redis, true);
                 return Err(serve(client, head, request_id, &e, &hex, "redis").await);
             }
         }
+        core.obs.metrics.cache_lookup(CacheSource::Redis, false);
     }
+    core.obs.metrics.cache_lookup(CacheSource::Memory, false);
     Ok(Some(Miss {
         lead,
         hex,
@@ -262,6 +267,9 @@ async fn serve(
         let _ = write!(out, "content-length: {}\r\n", e.body.len());
     }
     out.extend_from_slice(head.version.connection_field(close).as_bytes());
+    // Metrics, the access log and `x-ditto-overhead-us`, as on every answer.
+    head.probe
+        .on_reply(e.status, request_id, e.body.len(), &mut out);
     out.extend_from_slice(b"\r\n");
     if !chunked {
         out.extend_from_slice(&e.body);

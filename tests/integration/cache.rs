@@ -59,9 +59,16 @@ fn identical_requests_hit_memory_and_cost_no_quota() {
         assert_eq!(r.header("x-ditto-cache-source"), Some("memory"));
         assert_eq!(r.header("x-ditto-cache-key").map(str::len), Some(32));
         assert!(r.header("x-request-id").is_some());
+        assert!(
+            r.header("x-ditto-overhead-us")
+                .is_some_and(|v| v.parse::<u64>().is_ok()),
+            "a hit reports the gateway's time like any answer"
+        );
         assert_eq!(r.text(), first.text());
     }
     assert_eq!(mock.requests(), 1);
+    let metrics = crate::harness::get(&gw.url("/metrics"), &[]).text();
+    assert!(metrics.contains("cache"), "{metrics}");
     // The one request of the minute went upstream: anything else is refused.
     let other = ask(&gw, Some("sk-k"), &chat("gpt-4o-mini", false), &[]);
     assert_eq!(other.status, 429);

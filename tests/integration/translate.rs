@@ -101,6 +101,7 @@ fn translate_chat_non_stream_through_anthropic_and_gemini() {
         assert_eq!(r.status, 200, "{model}: {}", r.text());
         assert_eq!(r.header("x-ditto-translation"), Some(backend));
         assert_eq!(r.header("x-ditto-backend"), Some(backend));
+        assert!(r.header("x-ditto-overhead-us").is_some(), "{model}");
         let v = r.json();
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["model"], model);
@@ -134,6 +135,7 @@ fn translate_chat_stream_text_through_anthropic_and_gemini() {
             .header("content-type")
             .is_some_and(|c| c.starts_with("text/event-stream")));
         assert!(r.header("x-ditto-translation").is_some());
+        assert!(r.header("x-ditto-overhead-us").is_some(), "{model}");
         let data = sse_data(&r.text());
         assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{model}");
         let evs = events(&r);
