@@ -291,6 +291,7 @@ const FLAGS: &[Flag] = &[
     flag("--proxy-circuit-breaker", "", Value::None, "skip backends after repeated failures"),
     flag("--proxy-cb-failure-threshold", "N", Value::Number, "failures in a row that open the breaker (default 3)"),
     flag("--proxy-cb-cooldown-secs", "SECS", Value::Number, "how long an open breaker skips a backend (default 30)"),
+    flag("--proxy-cb-status-codes", "CODES", Value::StatusCodes, "statuses the breaker counts as failures, besides network errors and timeouts (default 500-599)"),
     flag("--proxy-health-checks", "", Value::None, "probe backends in the background"),
     flag("--proxy-health-check-path", "PATH", Value::Text, "health probe path (default /v1/models)"),
     flag("--proxy-health-check-interval-secs", "SECS", Value::Number, "health probe interval (default 10)"),
@@ -579,6 +580,9 @@ fn resilience_flag(
         }
         "--proxy-circuit-breaker" => r.breaker.enabled = true,
         "--proxy-cb-failure-threshold" => r.breaker.failure_threshold = count(given, value)? as u32,
+        "--proxy-cb-status-codes" => {
+            r.breaker.counted_statuses = StatusSet::parse_csv(value).map_err(bad)?
+        }
         "--proxy-cb-cooldown-secs" => {
             r.breaker.cooldown_ms = number(given, value)?.saturating_mul(1000)
         }
@@ -1028,6 +1032,15 @@ mod tests {
             let a = run(&["g.json", store, "x"]);
             assert_eq!(a.unimplemented, vec![store.to_string()]);
         }
+    }
+
+    #[test]
+    fn breaker_status_codes_replace_the_default() {
+        let a = run(&["g.json", "--proxy-cb-status-codes", "429,503"]);
+        let counted = a.resilience.breaker.counted_statuses;
+        assert!(counted.contains(429) && counted.contains(503));
+        assert!(!counted.contains(500));
+        assert!(fail(&["g.json", "--proxy-cb-status-codes", "abc"]).contains("status codes"));
     }
 
     #[test]
