@@ -8,8 +8,11 @@
 //! - Health checks run on their own thread (`ditto-health`): a blocking `GET` of the health
 //!   path on every backend, with a timeout, every interval. Results come back as messages; a
 //!   failing backend is marked down in the same table, and `/ready` reports it.
-//! - `PUT /admin/config/router` validates a router like the config file's, then swaps the
-//!   route table every core reads (one `ArcSwap`), so it is live everywhere at once.
+//! - `PUT /admin/config/router` validates a router like the config file's, writes it to the
+//!   store (refused with 503 when the store refuses it), then swaps the route table every core
+//!   reads (one `ArcSwap`), so it is live everywhere at once. A stored router wins over the
+//!   config file's at startup, and a shared store's (Redis) is reloaded on every change
+//!   notice and resync, so a PUT on one replica reaches them all.
 
 use std::io::{Read, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -54,7 +57,8 @@ pub struct BackendsSetup {
 
 /// Messages about backends.
 pub enum BackendMsg {
-    Setup(Box<BackendsSetup>),
+    /// Install the backends' state (and any stored router), then answer.
+    Setup(Box<BackendsSetup>, flume::Sender<()>),
     Outcome(Outcome),
     Health {
         backend: usize,
@@ -70,6 +74,9 @@ pub(super) struct Backends {
     board: Option<BreakerBoard>,
     configs: Vec<BackendConfig>,
     router: RouterConfig,
+    /// The router JSON last written to or applied from the store (a change notice for the
+    /// same text is a no-op).
+    stored: Option<String>,
     latency: Vec<LatencyEwma>,
     health: Vec<Option<(bool, String, u64)>>,
     last_tick: Option<Instant>,
@@ -110,7 +117,7 @@ impl Plane {
     pub(super) fn backends_msg(&mut self, m: BackendMsg) {
         let bk = &mut self.backends;
         match m {
-            BackendMsg::Setup(s) => {
+            BackendMsg::Setup(s, done) => {
                 let n = s.configs.len();
                 bk.latency = vec![LatencyEwma::default(); n];
                 bk.health = vec![None; n];
@@ -118,6 +125,8 @@ impl Plane {
                 bk.board = Some(s.board);
                 bk.configs = s.configs;
                 bk.router = s.router;
+                self.reload_router(true);
+                let _ = done.send(());
             }
             BackendMsg::Outcome(o) => {
                 let now = unix_now_ms();
@@ -309,21 +318,18 @@ impl Plane {
         if let Value::Object(m) = &mut router {
             m.remove("dry_run");
         }
-        let bk = &self.backends;
-        let (cfg, warnings) = match Config::parse_router(&router, &bk.configs) {
+        let (cfg, warnings, table) = match self.compile_router(&router) {
             Ok(x) => x,
-            Err(e) => {
-                let mut r = fail(400, "invalid_router", e.to_string());
-                if let Some(err) = r.body.get_mut("error").and_then(Value::as_object_mut) {
-                    err.insert("param".into(), Value::String(e.path().to_string()));
+            Err((message, param)) => {
+                let mut r = fail(400, "invalid_router", message);
+                if let (Some(p), Some(err)) = (
+                    param,
+                    r.body.get_mut("error").and_then(Value::as_object_mut),
+                ) {
+                    err.insert("param".into(), Value::String(p));
                 }
                 return r;
             }
-        };
-        let names: Vec<String> = bk.configs.iter().map(|c| c.name.clone()).collect();
-        let table = match RouteTable::build(&cfg, &names) {
-            Ok(t) => t,
-            Err(e) => return fail(400, "invalid_router", e),
         };
         if dry_run {
             return reply(
@@ -331,10 +337,25 @@ impl Plane {
                 json!({"dry_run": true, "valid": true, "warnings": warnings, "router": router_json(&cfg)}),
             );
         }
-        if let Some(live) = &self.backends.live {
-            live.set_routes(table);
+        // Persisted before it is live or answered: a router the store refused is not applied.
+        let text = router.to_string();
+        if let Err(e) = self.store.put_router(&text) {
+            self.set_store_ok(Some(e.to_string()));
+            return reply(
+                503,
+                super::admin::error_body(
+                    503,
+                    "api_error",
+                    "store_unavailable",
+                    &format!("the router was not applied: the store refused it: {e}"),
+                ),
+            );
         }
-        self.backends.router = cfg;
+        if self.store_error.is_some() {
+            self.set_store_ok(None);
+        }
+        self.backends.stored = Some(text);
+        self.apply_router(cfg, table);
         let entry = self.audit_entry(
             &req.role.actor(),
             "router.update",
@@ -349,6 +370,95 @@ impl Plane {
             200,
             json!({"applied": true, "warnings": warnings, "router": router_json(&self.backends.router)}),
         )
+    }
+}
+
+impl Plane {
+    /// Validate a router object as the config file's is and compile its route table; the
+    /// error's message and the parameter it names.
+    #[allow(clippy::type_complexity)]
+    fn compile_router(
+        &self,
+        router: &Value,
+    ) -> Result<(RouterConfig, Vec<String>, RouteTable), (String, Option<String>)> {
+        let bk = &self.backends;
+        let (cfg, warnings) = Config::parse_router(router, &bk.configs)
+            .map_err(|e| (e.to_string(), Some(e.path().to_string())))?;
+        let names: Vec<String> = bk.configs.iter().map(|c| c.name.clone()).collect();
+        let table = RouteTable::build(&cfg, &names).map_err(|e| (e, None))?;
+        Ok((cfg, warnings, table))
+    }
+
+    /// Swap the route table every core reads.
+    fn apply_router(&mut self, cfg: RouterConfig, table: RouteTable) {
+        if let Some(live) = &self.backends.live {
+            live.set_routes(table);
+        }
+        self.backends.router = cfg;
+    }
+
+    /// Apply the store's router when it differs from the one last seen: at startup (it wins
+    /// over the config file's) and, with a shared store, on every change notice and resync
+    /// (a PUT on another replica). An invalid stored router is logged and the current one
+    /// kept.
+    pub(super) fn reload_router(&mut self, startup: bool) {
+        if self.backends.live.is_none() {
+            return;
+        }
+        let name = self.store.name();
+        let text = match self.store.get_router() {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                // Gone from a store that had it (a Redis restarted without persistence):
+                // write this replica's back rather than letting replicas drift apart.
+                if let Some(t) = self.backends.stored.clone() {
+                    match self.store.put_router(&t) {
+                        Ok(()) => crate::warn!(
+                            "{name} store came back without the router: wrote this replica's back"
+                        ),
+                        Err(e) => self.set_store_ok(Some(e.to_string())),
+                    }
+                }
+                return;
+            }
+            Err(e) if startup => {
+                crate::warn!(
+                    "{name} store: cannot read the stored router, using the config file's: {e}"
+                );
+                return;
+            }
+            Err(e) => return self.set_store_ok(Some(e.to_string())),
+        };
+        if self.backends.stored.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let compiled = serde_json::from_str::<Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|v| self.compile_router(&v).map_err(|(m, _)| m));
+        self.backends.stored = Some(text);
+        let keeping = if startup {
+            "the config file's"
+        } else {
+            "the current one"
+        };
+        match compiled {
+            Ok((cfg, warnings, table)) => {
+                self.apply_router(cfg, table);
+                if startup {
+                    crate::info!(
+                        "router: using the router stored in the {name} store by an earlier PUT /admin/config/router, not the config file's"
+                    );
+                } else {
+                    crate::info!("router: changed in the {name} store (another replica), applied");
+                }
+                for w in warnings {
+                    crate::warn!("stored router: {w}");
+                }
+            }
+            Err(e) => crate::error!(
+                "router stored in the {name} store is invalid, keeping {keeping}: {e}"
+            ),
+        }
     }
 }
 
@@ -405,13 +515,20 @@ fn router_json(r: &RouterConfig) -> Value {
 }
 
 impl ControlHandle {
-    /// Hand the backends' state to the plane and start health checks when configured.
+    /// Hand the backends' state to the plane (which applies a stored router) and start
+    /// health checks when configured.
     pub fn install_backends(&self, setup: BackendsSetup, health: Option<HealthOptions>) {
         let targets = setup.targets.clone();
         let tls = Arc::clone(&setup.tls);
-        let _ = self
+        let (done, installed) = flume::bounded(1);
+        if self
             .tx
-            .send(Msg::Backends(BackendMsg::Setup(Box::new(setup))));
+            .send(Msg::Backends(BackendMsg::Setup(Box::new(setup), done)))
+            .is_ok()
+        {
+            // Wait for it, so that a stored router is live before the first request.
+            let _ = installed.recv();
+        }
         if let Some(h) = health {
             let weak = self.tx.downgrade();
             let _ = std::thread::Builder::new()

@@ -193,7 +193,7 @@ enum Msg {
     Flush(flume::Sender<()>),
     /// Breakers, health checks, router changes ([`backends`]).
     Backends(backends::BackendMsg),
-    /// Another replica changed the shared store's keys: reload them.
+    /// Another replica changed the shared store's keys or router: reload them.
     StoreChanged,
 }
 

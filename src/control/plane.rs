@@ -223,7 +223,10 @@ impl Plane {
                 let _ = reply.send(());
             }
             Msg::Backends(m) => self.backends_msg(m),
-            Msg::StoreChanged => self.reload_keys(),
+            Msg::StoreChanged => {
+                self.reload_keys();
+                self.reload_router(false);
+            }
         }
     }
 

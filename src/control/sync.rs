@@ -99,7 +99,7 @@ impl Plane {
     }
 
     /// At every flush: push queued settlements and the heartbeat, mirror the totals, and
-    /// resync keys when the periodic resync is due.
+    /// resync keys and the router when the periodic resync is due.
     pub(super) fn global_sync(&mut self) {
         let owner = self.owner.clone();
         let Some(g) = self.store.global() else {
@@ -116,6 +116,7 @@ impl Plane {
                 }
                 if due {
                     self.reload_keys();
+                    self.reload_router(false);
                 }
             }
             Err(e) => self.set_store_ok(Some(e.to_string())),

@@ -769,3 +769,74 @@ fn budget_fail_closed_refuses_while_the_store_fails() {
         (chat_as(&gw, "sk-f", &capped(false)).status == 200).then_some(())
     });
 }
+
+/// Two backends on one mock (told apart by `x-ditto-backend`), routed to `a` by the file.
+fn two_backends(mock: &Mock) -> String {
+    json!({
+        "backends": [{"name": "a", "base_url": mock.v1()}, {"name": "b", "base_url": mock.v1()}],
+        "virtual_keys": [{"id": "r", "token": "sk-r"}],
+        "router": {"default_backends": [{"backend": "a"}]}
+    })
+    .to_string()
+}
+
+fn routed_to(gw: &Gateway) -> String {
+    let r = chat_as(gw, "sk-r", &capped(false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-ditto-backend").unwrap_or("").to_string()
+}
+
+#[test]
+fn sqlite_keeps_a_put_router_across_restarts_and_a_refused_one_is_not_applied() {
+    let mock = Mock::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("gw.db");
+    let config = two_backends(&mock);
+    let gw = on_sqlite(&config, &db, &["--store-flush-ms", "50"]);
+    assert_eq!(routed_to(&gw), "a");
+    let to_b = json!({"default_backends": [{"backend": "b"}]});
+    let r = admin(&gw, "PUT", "/admin/config/router", Some(to_b), Some(ADMIN));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(routed_to(&gw), "b");
+
+    // A store that refuses the write: 503, and the old router stays.
+    let lock = rusqlite::Connection::open(&db).expect("open");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let to_a = json!({"default_backends": [{"backend": "a"}]});
+    let r = admin(&gw, "PUT", "/admin/config/router", Some(to_a), Some(ADMIN));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(routed_to(&gw), "b");
+    lock.execute_batch("COMMIT").expect("unlock");
+    drop(lock);
+
+    // Restarted: the stored router wins over the file's, from the first request on.
+    drop(gw);
+    let gw = on_sqlite(&config, &db, &[]);
+    assert_eq!(routed_to(&gw), "b");
+    let r = admin(&gw, "GET", "/admin/config/router", None, Some(ADMIN));
+    assert_eq!(r.json()["default_backends"][0]["backend"], "b");
+    assert!(gw.log().contains("using the router stored"), "{}", gw.log());
+
+    // A stored router that no longer validates: logged, and the file's is used.
+    drop(gw);
+    let c = rusqlite::Connection::open(&db).expect("open");
+    c.execute(
+        "UPDATE settings SET value = ?1 WHERE name = 'router'",
+        [r#"{"default_backends": [{"backend": "gone"}]}"#],
+    )
+    .expect("update");
+    drop(c);
+    let gw = on_sqlite(&config, &db, &[]);
+    assert_eq!(routed_to(&gw), "a");
+    assert!(
+        gw.log()
+            .contains("router stored in the sqlite store is invalid"),
+        "{}",
+        gw.log()
+    );
+}

@@ -199,6 +199,7 @@ fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> Resp {
         ("DELETE", _) => a.delete(&url).header("authorization", &auth).call(),
         ("POST", Some(b)) => a.post(&url).header("authorization", &auth).send_json(&b),
         ("POST", None) => a.post(&url).header("authorization", &auth).send_empty(),
+        ("PUT", Some(b)) => a.put(&url).header("authorization", &auth).send_json(&b),
         (m, b) => panic!("unsupported {m} {b:?}"),
     };
     into_resp_pub(r)
@@ -392,6 +393,62 @@ fn a_key_changed_on_one_replica_is_live_on_the_others_within_a_second() {
         );
     }
     eprintln!("propagation: create {created:?}, delete {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_router_changed_on_one_replica_routes_on_the_others_within_a_second() {
+    let Some(redis) = Redis::start() else { return };
+    let mock = Mock::start();
+    // Two backends on one mock, told apart by `x-ditto-backend`.
+    let config = json!({
+        "backends": [{"name": "a", "base_url": mock.v1()}, {"name": "b", "base_url": mock.v1()}],
+        "virtual_keys": [{"id": "r", "token": "sk-r"}],
+        "router": {"default_backends": [{"backend": "a"}]}
+    })
+    .to_string();
+    let routed = |gw: &Gateway| {
+        let r = chat_as(gw, "sk-r", &capped(false));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("x-ditto-backend").unwrap_or("").to_string()
+    };
+    let a = replica(&config, &redis, "t7");
+    let b = replica(&config, &redis, "t7");
+    assert_eq!(routed(&b), "a");
+
+    let r = admin(
+        &a,
+        "PUT",
+        "/admin/config/router",
+        Some(json!({"default_backends": [{"backend": "b"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(routed(&a), "b");
+    let t0 = Instant::now();
+    eventually(
+        "the new router on the other replica",
+        Duration::from_secs(1),
+        || (routed(&b) == "b").then_some(()),
+    );
+    eprintln!("router propagation: {:?}", t0.elapsed());
+    let r = admin(&b, "GET", "/admin/config/router", None);
+    assert_eq!(r.json()["default_backends"][0]["backend"], "b");
+
+    // A replica started later takes the stored router, not its config file's.
+    let c = replica(&config, &redis, "t7");
+    assert_eq!(routed(&c), "b");
+
+    // A dry run changes nothing anywhere.
+    let r = admin(
+        &b,
+        "PUT",
+        "/admin/config/router?dry_run=true",
+        Some(json!({"default_backends": [{"backend": "a"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(300));
+    for gw in [&a, &b, &c] {
+        assert_eq!(routed(gw), "b");
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub struct MemoryStore {
     costs: Vec<CostRow>,
     reservations: Vec<ReservationRow>,
     audit: Vec<super::AuditEntry>,
+    router: Option<String>,
 }
 
 impl MemoryStore {
@@ -86,5 +87,14 @@ impl Store for MemoryStore {
 
     fn ping(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn put_router(&mut self, json: &str) -> Result<(), StoreError> {
+        self.router = Some(json.to_string());
+        Ok(())
+    }
+
+    fn get_router(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(self.router.clone())
     }
 }

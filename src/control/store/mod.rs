@@ -133,6 +133,16 @@ pub trait Store: Send {
     fn write(&mut self, batch: &[Write]) -> Result<(), StoreError>;
     /// Cheap liveness check for `/ready`.
     fn ping(&mut self) -> Result<(), StoreError>;
+    /// Keep the router set by `PUT /admin/config/router` (its JSON, as validated), so that it
+    /// outlives a restart and reaches every replica of a shared store. The default (a store
+    /// with nothing to keep it in) accepts and forgets it.
+    fn put_router(&mut self, _json: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The router last kept by [`Store::put_router`], if any (it wins over the config file's).
+    fn get_router(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
     /// A store shared by several gateway processes (Redis) meters quota globally; `None`
     /// (the default) leaves metering to the plane's own counters.
     fn global(&mut self) -> Option<&mut dyn Global> {

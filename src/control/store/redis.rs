@@ -9,7 +9,8 @@
 //! |-----------------------------|--------|--------------------------------------------------|
 //! | `P:keys`                    | hash   | key id -> key record (JSON, token hashed)         |
 //! | `P:keys:version`            | string | bumped on every key change                        |
-//! | `P:changes`                 | pubsub | a message after every key change                  |
+//! | `P:router`                  | string | router JSON of the last `PUT /admin/config/router` |
+//! | `P:changes`                 | pubsub | a message after every key or router change        |
 //! | `P:meter:KIND:WINDOW:SCOPE` | hash   | `spent`, `out` (leased, all replicas), `o:OWNER`  |
 //! | `P:ledgers`                 | set    | budget meter keys (for loading ledgers)           |
 //! | `P:owner:OWNER`             | set    | meter keys a process holds leases on              |
@@ -687,6 +688,24 @@ impl Store for RedisStore {
 
     fn global(&mut self) -> Option<&mut dyn Global> {
         Some(self)
+    }
+
+    fn put_router(&mut self, json: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set(self.k("router"), json)
+            .ignore()
+            .publish(self.k("changes"), "router")
+            .ignore();
+        self.run(|con, _| pipe.query::<()>(con))
+    }
+
+    fn get_router(&mut self) -> Result<Option<String>, StoreError> {
+        self.run(|con, s| {
+            redis::cmd("GET")
+                .arg(s.k("router"))
+                .query::<Option<String>>(con)
+        })
     }
 }
 

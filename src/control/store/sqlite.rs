@@ -26,8 +26,11 @@
 //!   locked by another process (a backup, an operator's `sqlite3` session) is waited for; after
 //!   the timeout the write fails with `database is locked by another process: PATH`, and the
 //!   plane keeps the batch to retry (writes are absolute, so a retry is harmless).
-//! * **Schema version** in `PRAGMA user_version` (currently 1). A file with a newer version,
-//!   written by a later gateway, is refused rather than misread.
+//! * **Schema version** in `PRAGMA user_version` (currently 2: version 1 had no `settings`
+//!   table; opening such a file adds it). A file with a newer version, written by a later
+//!   gateway, is refused rather than misread.
+//! * **Settings**: one row per name in `settings`; `router` holds the router JSON of the last
+//!   `PUT /admin/config/router`.
 //! * **Integers.** SQLite integers are signed 64-bit. Every `u64` (ledger totals, token counts,
 //!   pico-USD costs, timestamps, audit ids) is stored as `i64`; a value above `i64::MAX`
 //!   (9.2e18, i.e. 9.2 million USD in pico-USD, or 9.2e18 tokens) is **saturated** to `i64::MAX`
@@ -53,7 +56,7 @@ use super::{AuditEntry, CostRow, LedgerRow, Persisted, ReservationRow, Store, St
 use crate::control::keys::KeyRecord;
 
 /// The schema version this build writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a locked database is waited for by [`SqliteStore::open`].
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -98,6 +101,10 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_ts_ms ON audit (ts_ms);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 /// A [`Store`] in one SQLite file (WAL mode). Open it with [`SqliteStore::open`].
@@ -568,6 +575,29 @@ impl Store for SqliteStore {
             .map(|_| ())
             .map_err(|e| self.err("ping", &e))
     }
+
+    fn put_router(&mut self, json: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ('router', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![json],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err("write of the router", &e))
+    }
+
+    fn get_router(&mut self) -> Result<Option<String>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(
+                "SELECT value FROM settings WHERE name = 'router'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| self.err("read of the router", &e))
+    }
 }
 
 #[cfg(test)]
@@ -830,6 +860,30 @@ mod tests {
             let mut sql = temp_store(&dir);
             assert_same(&mut sql, &mut mem);
         }
+    }
+
+    #[test]
+    fn the_router_survives_a_reopen_and_a_version_1_file_gains_the_settings_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sql = temp_store(&dir);
+        assert_eq!(sql.get_router().unwrap(), None);
+        sql.put_router(r#"{"default_backends":[]}"#).unwrap();
+        sql.put_router(r#"{"strategy":"latency"}"#).unwrap();
+        drop(sql);
+        let mut sql = temp_store(&dir);
+        assert_eq!(
+            sql.get_router().unwrap().as_deref(),
+            Some(r#"{"strategy":"latency"}"#)
+        );
+        // A file written by a build with schema version 1 (no `settings` table).
+        sql.conn
+            .execute_batch("DROP TABLE settings; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(sql);
+        let mut sql = temp_store(&dir);
+        assert_eq!(sql.get_router().unwrap(), None);
+        sql.put_router("{}").unwrap();
+        assert_eq!(sql.get_router().unwrap().as_deref(), Some("{}"));
     }
 
     #[test]
