@@ -93,7 +93,8 @@ fn key_of(
     k.part(admitted.map_or("", |a| a.key.id.as_str()).as_bytes());
     let mut candidates: Vec<usize> = match admitted.and_then(|a| a.key.route) {
         Some(r) => vec![r],
-        None => core.gw.router.candidates(model, "").collect(),
+        // The live route table: a router changed through the admin API changes the key.
+        None => core.gw.live.routes().router.candidates(model, "").collect(),
     };
     candidates.sort_unstable();
     for c in candidates {

@@ -36,7 +36,6 @@ use crate::http::{Method, RequestHead};
 use crate::limits::quota::Quota;
 use crate::limits::InflightLimiter;
 use crate::pricing::Pricing;
-use crate::router::{Group, Router, Weighted};
 use crate::server::shutdown::Shutdown;
 use crate::upstream::{Backend, Pool};
 
@@ -95,7 +94,6 @@ impl ProxyOptions {
 /// Everything every core shares, read-only.
 pub struct Gateway {
     pub backends: Vec<Backend>,
-    pub router: Router,
     /// The control plane: keys, limits, budgets, the store. Cores read its key snapshot.
     pub control: ControlHandle,
     pub admin: admin::AdminTokens,
@@ -131,31 +129,7 @@ impl Gateway {
             index_of.insert(c.name.clone(), b.index);
             backends.push(b);
         }
-        let group = |list: &[crate::config::WeightedBackend]| {
-            Group::new(list.iter().filter_map(|w| {
-                index_of.get(&w.backend).map(|&backend| Weighted {
-                    backend,
-                    weight: w.weight,
-                })
-            }))
-        };
-        let mut default = group(&config.router.default_backends);
-        if config.router.default_backends.is_empty() {
-            // No default group: every passthrough backend, in file order, equally weighted.
-            default = Group::new(backends.iter().map(|b| Weighted {
-                backend: b.index,
-                weight: 1.0,
-            }));
-        } else if default.is_empty() {
-            return Err("router.default_backends: no backend with a weight > 0".to_string());
-        }
         translate::attach_rule_models(&mut backends, &config.router);
-        let rules = config
-            .router
-            .rules
-            .iter()
-            .map(|r| (r.model_prefix.clone(), r.exact, group(&r.backends)))
-            .collect::<Vec<_>>();
         let mut records = Vec::with_capacity(config.virtual_keys.len());
         for (i, k) in config.virtual_keys.iter().enumerate() {
             let mut rec = crate::control::keys::parse_key(&k.raw, false, false, 0)
@@ -192,7 +166,6 @@ impl Gateway {
         Ok((
             Gateway {
                 backends,
-                router: Router::new(rules, default),
                 control,
                 admin: opts.admin.clone(),
                 pricing: opts.pricing.clone(),
