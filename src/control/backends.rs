@@ -59,7 +59,8 @@ pub struct BackendsSetup {
 pub enum BackendMsg {
     /// Install the backends' state (and any stored router), then answer.
     Setup(Box<BackendsSetup>, flume::Sender<()>),
-    Outcome(Outcome),
+    /// Attempt outcomes of one core, oldest first.
+    Outcomes(Vec<Outcome>),
     Health {
         backend: usize,
         ok: bool,
@@ -128,28 +129,9 @@ impl Plane {
                 self.reload_router(true);
                 let _ = done.send(());
             }
-            BackendMsg::Outcome(o) => {
-                let now = unix_now_ms();
-                let half_life = bk.half_life_ms();
-                let failed = bk.board.as_ref().is_some_and(|b| b.is_failure(o.attempt));
-                if let Some(e) = bk.latency.get_mut(o.backend) {
-                    let us = o.latency.as_micros() as f64;
-                    if failed {
-                        e.observe_failure(us, now, half_life);
-                    } else {
-                        e.observe(us, now, half_life);
-                    }
-                }
-                bk.publish_latency(o.backend, now);
-                let t = bk.board.as_mut().and_then(|b| b.record(&o, now));
-                if let Some(t) = t {
-                    let name = bk.name(t.backend).to_string();
-                    crate::warn!(
-                        "backend \"{name}\": circuit breaker {} -> {} after {:?}",
-                        t.from.as_str(),
-                        t.to.as_str(),
-                        o.attempt
-                    );
+            BackendMsg::Outcomes(list) => {
+                for o in list {
+                    record_outcome(bk, o);
                 }
             }
             BackendMsg::Health {
@@ -537,11 +519,64 @@ impl ControlHandle {
         }
     }
 
-    /// Report one attempt's outcome (never waits).
+    /// Report one attempt's outcome (never waits; batched per core, see `PENDING`).
     pub fn outcome(&self, o: Outcome) {
-        let _ = self.tx.send(Msg::Backends(BackendMsg::Outcome(o)));
+        let urgent = o.probe.is_some() || !matches!(o.attempt, Attempt::Status(s) if s < 400);
+        let batch = PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            p.push(o);
+            (urgent || p.len() >= OUTCOME_BATCH).then(|| std::mem::take(&mut *p))
+        });
+        if let Some(b) = batch {
+            let _ = self.tx.send(Msg::Backends(BackendMsg::Outcomes(b)));
+        }
+    }
+
+    /// Send this core's pending outcomes (its periodic tick, and at exit).
+    pub fn flush_outcomes(&self) {
+        let batch = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        if !batch.is_empty() {
+            let _ = self.tx.send(Msg::Backends(BackendMsg::Outcomes(batch)));
+        }
     }
 }
+
+/// One attempt's outcome: the backend's latency estimate and its breaker.
+fn record_outcome(bk: &mut Backends, o: Outcome) {
+    let now = unix_now_ms();
+    let half_life = bk.half_life_ms();
+    let failed = bk.board.as_ref().is_some_and(|b| b.is_failure(o.attempt));
+    if let Some(e) = bk.latency.get_mut(o.backend) {
+        let us = o.latency.as_micros() as f64;
+        if failed {
+            e.observe_failure(us, now, half_life);
+        } else {
+            e.observe(us, now, half_life);
+        }
+    }
+    bk.publish_latency(o.backend, now);
+    let t = bk.board.as_mut().and_then(|b| b.record(&o, now));
+    if let Some(t) = t {
+        let name = bk.name(t.backend).to_string();
+        crate::warn!(
+            "backend \"{name}\": circuit breaker {} -> {} after {:?}",
+            t.from.as_str(),
+            t.to.as_str(),
+            o.attempt
+        );
+    }
+}
+
+thread_local! {
+    /// This core's attempt outcomes not yet sent. One message per request would wake the
+    /// plane's thread (a syscall and a context switch) for every request; batches go at the
+    /// core's tick (20 ms), at 64 outcomes, or at once with any failure or probe result, so
+    /// breakers still react within one request.
+    static PENDING: std::cell::RefCell<Vec<Outcome>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Pending outcomes that make a batch worth a message on their own.
+const OUTCOME_BATCH: usize = 64;
 
 /// Probe every backend each interval until the plane is gone.
 fn health_loop(

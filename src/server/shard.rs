@@ -114,6 +114,7 @@ async fn serve(
             while !shutdown.is_fired() {
                 monoio::time::sleep(QUOTA_TICK).await;
                 core.quota.tick(false);
+                core.gw.control.flush_outcomes();
             }
         });
     }
@@ -158,6 +159,7 @@ async fn serve(
     }
     // Everything settled so far goes to the control plane before the core exits.
     core.quota.tick(true);
+    core.gw.control.flush_outcomes();
 }
 
 /// How often a core reports settled usage and returns idle leases.
