@@ -202,6 +202,25 @@ http {{
                 "gap_p50": j["gap_p50_us"], "gap_p99": j["gap_p99_us"], "gap_max": j["gap_max_us"], "events": j["events"]}
 
 
+def wrk_bench(doc, prefix):
+    """The common start of the wrk comparisons (control_overhead, obs_overhead, translate_load):
+    their flags, a release build unless --skip-build, and a Bench in a fresh temp dir."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    args.gateway_legacy = False
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get install -y wrk")
+    if not args.skip_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "ditto-gateway", "--bin", "mock-upstream"],
+                       cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    return args, Bench(args, tmp), tmp
+
+
 def median_round(rounds, key="rps"):
     rs = sorted(rounds, key=lambda r: r[key])
     med = dict(rs[len(rs) // 2])

@@ -23,7 +23,7 @@ import threading
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Bench, free_port, median_round, wait_port  # noqa: E402
+from compare import wrk_bench, Bench, free_port, median_round, wait_port  # noqa: E402
 from control_overhead import wrk  # noqa: E402
 
 
@@ -45,20 +45,7 @@ def scraper(port, stop):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--skip-build", action="store_true")
-    args = ap.parse_args()
-    args.gateway_legacy = False
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install -y wrk")
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "ditto-gateway", "--bin", "mock-upstream"],
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
-    tmp = tempfile.mkdtemp(prefix="ditto-obs-")
-    bench = Bench(args, tmp)
+    args, bench, tmp = wrk_bench(__doc__, "ditto-obs-")
     try:
         proxy_cpus, load_cpus = bench.cpus(args.workers)
         bench.start_mock(load_cpus)

@@ -59,8 +59,8 @@ pub struct BackendsSetup {
 pub enum BackendMsg {
     /// Install the backends' state (and any stored router), then answer.
     Setup(Box<BackendsSetup>, flume::Sender<()>),
-    /// Attempt outcomes of one core, oldest first.
-    Outcomes(Vec<Outcome>),
+    /// Attempt outcomes of one core with the time each ended, oldest first.
+    Outcomes(Vec<(Outcome, Instant)>),
     Health {
         backend: usize,
         ok: bool,
@@ -79,6 +79,8 @@ pub(super) struct Backends {
     /// same text is a no-op).
     stored: Option<String>,
     latency: Vec<LatencyEwma>,
+    /// When each backend's latest failure ended (see [`record_outcome`]).
+    last_failure: Vec<Option<Instant>>,
     health: Vec<Option<(bool, String, u64)>>,
     last_tick: Option<Instant>,
 }
@@ -130,8 +132,8 @@ impl Plane {
                 let _ = done.send(());
             }
             BackendMsg::Outcomes(list) => {
-                for o in list {
-                    record_outcome(bk, o);
+                for (o, at) in list {
+                    record_outcome(bk, o, at);
                 }
             }
             BackendMsg::Health {
@@ -524,7 +526,7 @@ impl ControlHandle {
         let urgent = o.probe.is_some() || !matches!(o.attempt, Attempt::Status(s) if s < 400);
         let batch = PENDING.with(|p| {
             let mut p = p.borrow_mut();
-            p.push(o);
+            p.push((o, Instant::now()));
             (urgent || p.len() >= OUTCOME_BATCH).then(|| std::mem::take(&mut *p))
         });
         if let Some(b) = batch {
@@ -542,10 +544,23 @@ impl ControlHandle {
 }
 
 /// One attempt's outcome: the backend's latency estimate and its breaker.
-fn record_outcome(bk: &mut Backends, o: Outcome) {
+///
+/// Outcomes arrive in per-core batches, so a success can reach the plane after a failure on
+/// another core that happened later; such a stale success must not reset the breaker's count
+/// of consecutive failures.
+fn record_outcome(bk: &mut Backends, o: Outcome, at: Instant) {
     let now = unix_now_ms();
     let half_life = bk.half_life_ms();
     let failed = bk.board.as_ref().is_some_and(|b| b.is_failure(o.attempt));
+    if bk.last_failure.len() <= o.backend {
+        bk.last_failure.resize(o.backend + 1, None);
+    }
+    let stale_success =
+        !failed && o.probe.is_none() && bk.last_failure[o.backend].is_some_and(|f| at < f);
+    if failed {
+        let f = &mut bk.last_failure[o.backend];
+        *f = Some(f.map_or(at, |f| f.max(at)));
+    }
     if let Some(e) = bk.latency.get_mut(o.backend) {
         let us = o.latency.as_micros() as f64;
         if failed {
@@ -555,6 +570,9 @@ fn record_outcome(bk: &mut Backends, o: Outcome) {
         }
     }
     bk.publish_latency(o.backend, now);
+    if stale_success {
+        return;
+    }
     let t = bk.board.as_mut().and_then(|b| b.record(&o, now));
     if let Some(t) = t {
         let name = bk.name(t.backend).to_string();
@@ -572,7 +590,7 @@ thread_local! {
     /// plane's thread (a syscall and a context switch) for every request; batches go at the
     /// core's tick (20 ms), at 64 outcomes, or at once with any failure or probe result, so
     /// breakers still react within one request.
-    static PENDING: std::cell::RefCell<Vec<Outcome>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PENDING: std::cell::RefCell<Vec<(Outcome, Instant)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Pending outcomes that make a batch worth a message on their own.
