@@ -216,9 +216,9 @@ impl ProxyCache {
         self.with_l1(|c| c.get(k))
     }
 
-    pub fn put_memory(&self, k: Key, e: Entry) {
-        let (max_entries, max_bytes, ttl) =
-            (self.opts.max_entries, self.per_core_bytes, self.opts.ttl);
+    /// Keep an entry in this core's L1 for `ttl`.
+    pub fn put_memory(&self, k: Key, e: Entry, ttl: Duration) {
+        let (max_entries, max_bytes) = (self.opts.max_entries, self.per_core_bytes);
         self.with_l1(|c| c.put(k, e, ttl, max_entries, max_bytes));
     }
 

@@ -41,6 +41,35 @@ pub struct Miss {
     #[cfg_attr(not(feature = "gateway-store-redis"), allow(dead_code))]
     hex: String,
     sse_allowed: bool,
+    /// The entry's lifetime and largest body: the flags', or the key's `cache` section.
+    ttl: Duration,
+    max_body_bytes: usize,
+}
+
+/// A virtual key's `cache` section: `{"enabled": false}` keeps its answers out of the cache;
+/// `ttl_seconds` and `max_body_bytes` tighten (or set) the flags' values for its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCache {
+    pub enabled: bool,
+    pub ttl: Option<Duration>,
+    pub max_body_bytes: Option<usize>,
+}
+
+impl KeyCache {
+    /// Read a key's `cache` section (absent: enabled, the flags' values).
+    pub fn of(extra: &serde_json::Map<String, serde_json::Value>) -> KeyCache {
+        let c = extra.get("cache");
+        let get = |f: &str| c.and_then(|c| c.get(f));
+        KeyCache {
+            enabled: get("enabled").and_then(serde_json::Value::as_bool) != Some(false),
+            ttl: get("ttl_seconds")
+                .and_then(serde_json::Value::as_u64)
+                .map(Duration::from_secs),
+            max_body_bytes: get("max_body_bytes")
+                .and_then(serde_json::Value::as_u64)
+                .map(|n| n as usize),
+        }
+    }
 }
 
 fn bypass(head: &RequestHead) -> bool {
@@ -136,6 +165,11 @@ pub async fn lookup(
     let Some(cache) = core.gw.cache.as_deref() else {
         return Ok(None);
     };
+    let policy = admitted.map(|a| KeyCache::of(&a.key.extra));
+    if policy.is_some_and(|p| !p.enabled) {
+        return Ok(None);
+    }
+    let ttl = policy.and_then(|p| p.ttl).unwrap_or(cache.opts.ttl);
     let Some(key) = key_of(
         core,
         cache,
@@ -168,7 +202,7 @@ pub async fn lookup(
     if let Some(l2) = &cache.l2 {
         if let Some(e) = l2.get(&hex).await {
             if e.sse == stream {
-                cache.put_memory(key, e.clone());
+                cache.put_memory(key, e.clone(), ttl);
                 drop(lead);
                 core.obs.metrics.cache_lookup(CacheSource::Redis, true);
                 return Err(serve(client, head, request_id, &e, &hex, "redis").await);
@@ -181,17 +215,23 @@ pub async fn lookup(
         lead,
         hex,
         sse_allowed: cache.opts.streaming,
+        ttl,
+        max_body_bytes: policy
+            .and_then(|p| p.max_body_bytes)
+            .map_or(cache.opts.max_body_bytes, |m| {
+                m.min(cache.opts.max_body_bytes)
+            }),
     }))
 }
 
 /// Make sure a miss has a tap that captures the body.
 pub fn arm(miss: Option<&Miss>, tap: &mut Option<Tap>, core: &Core) {
-    let (Some(_), Some(cache)) = (miss, core.gw.cache.as_deref()) else {
+    let (Some(miss), Some(_)) = (miss, core.gw.cache.as_deref()) else {
         return;
     };
     let t = tap.get_or_insert_with(|| Tap::new(false, core.gw.usage_max_body_bytes));
     t.capture = Some(Vec::new());
-    t.capture_limit = cache.opts.max_body_bytes;
+    t.capture_limit = miss.max_body_bytes;
 }
 
 /// Called by the tap for every piece of body it sees.
@@ -233,9 +273,9 @@ pub fn store(core: &Core, miss: Option<Miss>, tap: Option<&Tap>) {
     };
     #[cfg(feature = "gateway-store-redis")]
     if let Some(l2) = &cache.l2 {
-        l2.put(&miss.hex, &e, cache.opts.ttl);
+        l2.put(&miss.hex, &e, miss.ttl);
     }
-    cache.put_memory(miss.lead.0, e);
+    cache.put_memory(miss.lead.0, e, miss.ttl);
 }
 
 /// Answer from an entry; an event stream is replayed event by event.

@@ -981,6 +981,8 @@ fn virtual_key(
                 crate::control::keys::parse_limits(&to_json(r, &sp, w, false)?, section).map(|_| ())
             } else if section.ends_with("budget") {
                 crate::control::keys::parse_budget(&to_json(r, &sp, w, false)?, section).map(|_| ())
+            } else if *section == "cache" {
+                crate::control::keys::check_cache(&to_json(r, &sp, w, false)?)
             } else if *section == "guardrails" {
                 let value = to_json(r, &sp, w, false)?;
                 warn_unknown_guardrails(&value, &sp, w);
@@ -1920,7 +1922,6 @@ mod tests {
         assert_eq!(
             cfg.warnings,
             vec![
-                "virtual_keys[0].cache: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].passthrough: accepted, not enforced yet".to_string(),
                 "virtual_keys[0].nickname: unknown field, ignored".to_string(),
             ]

@@ -347,6 +347,33 @@ pub fn parse_guardrails(v: &Value) -> Result<crate::guardrails::Guardrails, Fiel
     })
 }
 
+/// Check a key's `cache` section: `enabled` (bool), `ttl_seconds`, `max_body_bytes` (whole
+/// numbers); `max_entries` is accepted (the cache's size is the flags'), anything else refused.
+pub fn check_cache(v: &Value) -> Result<(), FieldError> {
+    let Value::Object(m) = v else {
+        return Err(FieldError::new("cache", "must be an object"));
+    };
+    for (k, v) in m {
+        let f = format!("cache.{k}");
+        match k.as_str() {
+            "enabled" if !v.is_boolean() => {
+                return Err(FieldError::new(f, "must be true or false"))
+            }
+            "ttl_seconds" | "max_body_bytes" | "max_entries" if !v.is_u64() => {
+                return Err(FieldError::new(f, "must be a whole number >= 0"))
+            }
+            "enabled" | "ttl_seconds" | "max_body_bytes" | "max_entries" => {}
+            _ => {
+                return Err(FieldError::new(
+                    f,
+                    "unknown field (expected enabled, ttl_seconds, max_body_bytes or max_entries)",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What [`parse_key`] built, with the clear token when the object carried one.
 pub struct ParsedKey {
     pub record: KeyRecord,
@@ -402,6 +429,9 @@ pub fn parse_key(
     };
     if let Some(g) = m.get("guardrails") {
         parse_guardrails(g)?;
+    }
+    if let Some(c) = m.get("cache") {
+        check_cache(c)?;
     }
     let mut extra = Map::new();
     for k in EXTRA_FIELDS {

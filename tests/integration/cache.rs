@@ -220,3 +220,70 @@ fn the_redis_tier_serves_other_replicas_ignores_corrupt_entries_and_purges() {
     assert_eq!(r.header("x-ditto-cache"), None);
     assert_eq!(mock.requests(), 3);
 }
+
+#[test]
+fn a_keys_cache_section_turns_caching_off_or_shortens_the_ttl() {
+    let mock = Mock::start();
+    let config = cfg(
+        &mock,
+        json!([
+            {"id": "off", "token": "sk-off", "cache": {"enabled": false}},
+            {"id": "short", "token": "sk-short", "cache": {"ttl_seconds": 1}}
+        ]),
+    );
+    let gw = Gateway::builder(&config)
+        .args(&[
+            "--proxy-cache",
+            "--proxy-cache-ttl",
+            "300",
+            "--workers",
+            "1",
+        ])
+        .start();
+    let body = chat("gpt-4o", false);
+    for _ in 0..3 {
+        let r = ask(&gw, Some("sk-off"), &body, &[]);
+        assert_eq!((r.status, r.header("x-ditto-cache")), (200, None));
+    }
+    assert_eq!(
+        mock.requests(),
+        3,
+        "a key with caching off always goes upstream"
+    );
+
+    assert_eq!(
+        ask(&gw, Some("sk-short"), &body, &[]).header("x-ditto-cache"),
+        None
+    );
+    assert_eq!(
+        ask(&gw, Some("sk-short"), &body, &[]).header("x-ditto-cache"),
+        Some("hit")
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    let r = ask(&gw, Some("sk-short"), &body, &[]);
+    assert_eq!(
+        r.header("x-ditto-cache"),
+        None,
+        "the key's 1 s TTL, not the flag's 300 s"
+    );
+    assert_eq!(mock.requests(), 5);
+
+    // Invalid sections are refused at startup, naming the field.
+    let bad = cfg(
+        &mock,
+        json!([{"id": "b", "token": "sk-b", "cache": {"ttl_seconds": "long"}}]),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = crate::harness::write_file(dir.path(), "gateway.json", &bad);
+    let run = crate::harness::run_cli(
+        &[path.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"],
+        &[],
+        &[],
+    );
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("virtual_keys[0].cache.ttl_seconds"),
+        "{}",
+        run.stderr
+    );
+}
