@@ -18,6 +18,8 @@ use crate::control::meter::{Kind, MeterId};
 use crate::control::{unix_now, ControlHandle, ScopeInfo, Settlement, UsageDelta};
 use crate::error::{ErrorType, GatewayError};
 
+/// (key, model) rows a core keeps between ticks before it starts over.
+const MAX_USAGE_ROWS: usize = 4096;
 /// Settlements a core batches before it sends them without waiting for the tick.
 const FLUSH_AT: usize = 256;
 /// An unused budget lease older than this goes back to the plane, so a quiet core does not
@@ -99,7 +101,9 @@ pub struct Quota {
     plane: ControlHandle,
     leases: RefCell<AHashMap<MeterId, Lease>>,
     settlements: RefCell<Vec<Settlement>>,
-    usage: RefCell<AHashMap<(String, String), UsageDelta>>,
+    /// Usage totals by key id, then model: looked up by `&str`, so a request whose key and
+    /// model were seen before allocates nothing here.
+    usage: RefCell<AHashMap<String, AHashMap<String, UsageDelta>>>,
     recall_seen: Cell<u64>,
 }
 
@@ -267,15 +271,24 @@ impl Quota {
         cost_pico: u64,
     ) {
         let mut usage = self.usage.borrow_mut();
-        let e = match usage.get_mut(&(key_id.to_string(), model.to_string())) {
-            Some(e) => e,
-            None => usage
-                .entry((key_id.to_string(), model.to_string()))
-                .or_insert_with(|| UsageDelta {
+        if !usage.contains_key(key_id) {
+            usage.insert(key_id.to_string(), AHashMap::new());
+        }
+        let Some(models) = usage.get_mut(key_id) else {
+            return;
+        };
+        if !models.contains_key(model) {
+            models.insert(
+                model.to_string(),
+                UsageDelta {
                     key_id: key_id.to_string(),
                     model: model.to_string(),
                     ..UsageDelta::default()
-                }),
+                },
+            );
+        }
+        let Some(e) = models.get_mut(model) else {
+            return;
         };
         e.requests += 1;
         e.prompt_tokens += prompt_tokens;
@@ -287,7 +300,29 @@ impl Quota {
     /// reports, give back idle budget leases, and every lease when the plane recalls them.
     pub fn tick(&self, all: bool) {
         let settlements = std::mem::take(&mut *self.settlements.borrow_mut());
-        let usage: Vec<UsageDelta> = self.usage.borrow_mut().drain().map(|(_, v)| v).collect();
+        // Keep the maps (and their key strings) between ticks: only the counts are sent.
+        let usage: Vec<UsageDelta> = self
+            .usage
+            .borrow_mut()
+            .values_mut()
+            .flat_map(|models| models.values_mut())
+            .filter(|d| d.requests > 0)
+            .map(|d| {
+                let sent = d.clone();
+                d.requests = 0;
+                d.prompt_tokens = 0;
+                d.completion_tokens = 0;
+                d.cost_pico = 0;
+                sent
+            })
+            .collect();
+        {
+            // Model names come from clients: do not keep an unbounded set of them.
+            let mut u = self.usage.borrow_mut();
+            if u.values().map(|m| m.len()).sum::<usize>() > MAX_USAGE_ROWS {
+                u.clear();
+            }
+        }
         if !settlements.is_empty() || !usage.is_empty() {
             self.plane.settle(settlements, usage);
         }

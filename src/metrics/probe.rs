@@ -132,11 +132,18 @@ impl CoreObs {
         let method_class = MethodClass::parse(method);
         self.metrics.request_started(endpoint, method_class);
         let start = Instant::now();
+        let records = self.log.is_some() || self.traced();
         Probe(Some(Rc::new(State {
             metrics: self.metrics.clone(),
             endpoint,
             method: method_class,
-            target: target.into(),
+            records,
+            // The target and other text only feed the access record and the span.
+            target: if records {
+                target.into()
+            } else {
+                Box::default()
+            },
             start_unix_nanos: unix_nanos_now(),
             overhead: Cell::new(Overhead::new(start)),
             trace: self
@@ -212,7 +219,7 @@ impl CoreObs {
             model: f.model,
             backend: f.backend_name,
             method: st.method.as_str().to_string(),
-            path: st.target.to_string(),
+            path: st.target.clone().into(),
             status,
             stream: f.stream_end.is_some(),
             bytes_in: f.bytes_in,
@@ -312,6 +319,8 @@ struct State {
     metrics: Rc<CoreMetrics>,
     endpoint: Endpoint,
     method: MethodClass,
+    /// A log line or span will be made: keep the text they need (else no copies per request).
+    records: bool,
     target: Box<str>,
     start_unix_nanos: u64,
     overhead: Cell<Overhead>,
@@ -347,8 +356,12 @@ impl Probe {
             .map_or(0, |st| st.overhead.get().overhead_us(Instant::now()))
     }
 
-    fn header_line(&self) -> String {
-        format!("{HEADER}: {}\r\n", self.overhead_us())
+    /// Append `x-ditto-overhead-us: N\r\n` (no allocation: it goes on every response).
+    fn write_header_line(&self, out: &mut BytesMut) {
+        out.extend_from_slice(HEADER.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.overhead_us()).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 
     /// A gateway-made error is about to be written: record it and return it with the
@@ -362,8 +375,10 @@ impl Probe {
             return e;
         }
         let body_len = e.body().len() as u64;
-        self.facts(|f, _| {
-            f.request_id = request_id.to_string();
+        self.facts(|f, st| {
+            if st.records {
+                f.request_id = request_id.to_string();
+            }
             f.status = e.status;
             f.rejection = rejection_of(&e);
             f.error = Some(e.code.to_string());
@@ -379,12 +394,14 @@ impl Probe {
         if self.0.is_none() {
             return;
         }
-        self.facts(|f, _| {
-            f.request_id = request_id.to_string();
+        self.facts(|f, st| {
+            if st.records {
+                f.request_id = request_id.to_string();
+            }
             f.status = status;
             f.bytes_out += body_len as u64;
         });
-        out.extend_from_slice(self.header_line().as_bytes());
+        self.write_header_line(out);
     }
 
     /// An upstream's response head was written into `out` (complete, blank line included):
@@ -399,14 +416,16 @@ impl Probe {
         if self.0.is_none() {
             return;
         }
-        self.facts(|f, _| {
-            f.request_id = request_id.to_string();
+        self.facts(|f, st| {
             f.status = status;
-            f.backend_name = Some(backend.to_string());
+            if st.records {
+                f.request_id = request_id.to_string();
+                f.backend_name = Some(backend.to_string());
+            }
         });
         if out.ends_with(b"\r\n\r\n") {
             out.truncate(out.len() - 2);
-            out.extend_from_slice(self.header_line().as_bytes());
+            self.write_header_line(out);
             out.extend_from_slice(b"\r\n");
         }
     }
