@@ -15,17 +15,17 @@ use super::store::Write;
 use super::{unix_now, AdminReply, AdminRequest, Role};
 use crate::pricing::pico_to_usd_string;
 
-/// An OpenAI-shaped error body; `param` names the field at fault, when there is one.
-pub fn error_body(status: u16, etype: &str, code: &str, message: &str) -> Value {
-    let _ = status;
+/// An OpenAI-shaped error body (see [`field_error`] for `param`, the field at fault).
+pub fn error_body(etype: &str, code: &str, message: &str) -> Value {
     json!({"error": {"message": message, "type": etype, "code": code}})
 }
 
-fn reply(status: u16, body: Value) -> AdminReply {
+pub(super) fn reply(status: u16, body: Value) -> AdminReply {
     AdminReply { status, body }
 }
 
-fn fail(status: u16, code: &str, message: impl Into<String>) -> AdminReply {
+/// An admin error: the status decides the error type. Shared by every admin handler.
+pub(super) fn fail(status: u16, code: &str, message: impl Into<String>) -> AdminReply {
     let etype = match status {
         401 => "authentication_error",
         403 => "permission_error",
@@ -34,7 +34,7 @@ fn fail(status: u16, code: &str, message: impl Into<String>) -> AdminReply {
         503 => "api_error",
         _ => "invalid_request_error",
     };
-    reply(status, error_body(status, etype, code, &message.into()))
+    reply(status, error_body(etype, code, &message.into()))
 }
 
 fn field_error(e: FieldError) -> AdminReply {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::admin::{fail, reply};
 use super::plane::Plane;
 use super::{unix_now_ms, AdminReply, AdminRequest, ControlHandle, Msg};
 use crate::config::{BackendConfig, Config, RouterConfig};
@@ -325,14 +326,10 @@ impl Plane {
         let text = router.to_string();
         if let Err(e) = self.store.put_router(&text) {
             self.set_store_ok(Some(e.to_string()));
-            return reply(
+            return fail(
                 503,
-                super::admin::error_body(
-                    503,
-                    "api_error",
-                    "store_unavailable",
-                    &format!("the router was not applied: the store refused it: {e}"),
-                ),
+                "store_unavailable",
+                format!("the router was not applied: the store refused it: {e}"),
             );
         }
         if self.store_error.is_some() {
@@ -459,22 +456,6 @@ fn query_flag(query: &str, name: &str) -> Option<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| v.to_ascii_lowercase())
     })
-}
-
-fn reply(status: u16, body: Value) -> AdminReply {
-    AdminReply { status, body }
-}
-
-fn fail(status: u16, code: &str, message: impl Into<String>) -> AdminReply {
-    let etype = match status {
-        403 => "permission_error",
-        404 => "not_found_error",
-        _ => "invalid_request_error",
-    };
-    reply(
-        status,
-        super::admin::error_body(status, etype, code, &message.into()),
-    )
 }
 
 /// A router config as JSON (the admin API's view).

@@ -326,7 +326,6 @@ impl ControlHandle {
         let gone = AdminReply {
             status: 503,
             body: admin::error_body(
-                503,
                 "api_error",
                 "control_plane_down",
                 "the control plane is not running",
