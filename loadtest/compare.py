@@ -203,7 +203,8 @@ http {{
 
 
 def wrk_bench(doc, prefix):
-    """The common start of the wrk comparisons (control_overhead, obs_overhead, translate_load):
+    """The common start of the wrk comparisons (control_overhead, obs_overhead, translate_load,
+    failover):
     their flags, a release build unless --skip-build, and a Bench in a fresh temp dir."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5)

@@ -10,16 +10,14 @@ alternating between the two gateways; prints req/s, latency and the ratio (targe
 
 Pinning as in compare.py: gateways on the lower half of the CPUs, mock and wrk on the rest.
 """
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import wrk_bench, Bench, CHAT_BODY, free_port, median_round, to_us, wait_port  # noqa: E402
+from compare import wrk_bench, CHAT_BODY, free_port, median_round, to_us, wait_port  # noqa: E402
 
 import re  # noqa: E402
 
@@ -39,7 +37,7 @@ def gateway(bench, cfg, workers, cpus, extra):
 def wrk(bench, port, conns, load_cpus, header):
     lua = os.path.join(bench.tmp, f"chat{port}.lua")
     with open(lua, "w") as f:
-        f.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         if header:
             f.write(f'wrk.headers["Authorization"] = "{header}"\n')
         f.write(f'wrk.body = [[{CHAT_BODY}]]\n')

@@ -16,17 +16,15 @@ against the healthy run.
 
 Pinning as in compare.py: the gateway on the lower half of the CPUs, mocks and wrk on the rest.
 """
-import argparse
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import Bench, CHAT_BODY, free_port, median_round, to_us, wait_port  # noqa: E402
+from compare import wrk_bench, CHAT_BODY, free_port, median_round, to_us, wait_port  # noqa: E402
 
 FLAGS = ["--proxy-retry", "--proxy-circuit-breaker", "--proxy-cb-failure-threshold", "3",
          "--proxy-cb-cooldown-secs", "30"]
@@ -65,20 +63,7 @@ def start_mock(bench, cpus):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--skip-build", action="store_true")
-    args = ap.parse_args()
-    args.gateway_legacy = False
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install -y wrk")
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "ditto-gateway", "--bin", "mock-upstream"],
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
-    tmp = tempfile.mkdtemp(prefix="ditto-failover-")
-    bench = Bench(args, tmp)
+    args, bench, tmp = wrk_bench(__doc__, "ditto-failover-")
     try:
         proxy_cpus, load_cpus = bench.cpus(args.workers)
         mocks = [start_mock(bench, load_cpus) for _ in range(3)]

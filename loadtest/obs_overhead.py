@@ -12,18 +12,15 @@ gateways; prints req/s, latency and the ratios (target: JSON logs + metrics >= 0
 
 Pinning as in compare.py: gateways on the lower half of the CPUs, mock and wrk on the rest.
 """
-import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import wrk_bench, Bench, free_port, median_round, wait_port  # noqa: E402
+from compare import wrk_bench, free_port, median_round, wait_port  # noqa: E402
 from control_overhead import wrk  # noqa: E402
 
 

@@ -9,16 +9,13 @@ alternating; prints req/s, latency and the ratio translated / passthrough.
 
 Pinning as in compare.py: the gateway on the lower half of the CPUs, mock and wrk on the rest.
 """
-import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import wrk_bench, Bench, free_port, median_round, wait_port  # noqa: E402
+from compare import wrk_bench, free_port, median_round, wait_port  # noqa: E402
 from control_overhead import wrk  # noqa: E402
 
 
