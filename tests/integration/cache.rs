@@ -67,8 +67,9 @@ fn identical_requests_hit_memory_and_cost_no_quota() {
         assert_eq!(r.text(), first.text());
     }
     assert_eq!(mock.requests(), 1);
-    let metrics = crate::harness::get(&gw.url("/metrics"), &[]).text();
-    assert!(metrics.contains("cache"), "{metrics}");
+    let metrics = crate::harness::get(&gw.url("/metrics"), &[]).json();
+    assert_eq!(metrics["cache"]["memory"]["hit"], 3, "{metrics}");
+    assert_eq!(metrics["cache"]["memory"]["miss"], 1, "{metrics}");
     // The one request of the minute went upstream: anything else is refused.
     let other = ask(&gw, Some("sk-k"), &chat("gpt-4o-mini", false), &[]);
     assert_eq!(other.status, 429);
