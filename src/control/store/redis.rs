@@ -15,7 +15,8 @@
 //! | `P:ledgers`                 | set    | budget meter keys (for loading ledgers)           |
 //! | `P:owner:OWNER`             | set    | meter keys a process holds leases on              |
 //! | `P:owners`                  | zset   | process -> last heartbeat (unix ms)               |
-//! | `P:applied:OWNER:N`         | string | settlement batch N applied (retries are no-ops)   |
+//! | `P:applied:OWNER:TAG:N`     | string | settlement batch N applied (retries are no-ops)   |
+//! | `P:applied:costs:TAG:N`     | string | cost increments batch N applied (the same)        |
 //! | `P:costs:FIELD`             | hash   | `["key","model"]` -> requests / tokens / pico-USD |
 //! | `P:audit`                   | list   | audit entries (JSON), oldest first                |
 //!
@@ -26,7 +27,8 @@
 //! counters. Settled usage is queued here and pushed in batches at every flush; while Redis is
 //! unreachable the queue is kept (coalesced per meter, spilled to a file when it grows past
 //! [`QUEUE_MAX`]) and replayed when it returns. Every batch carries an id that the script
-//! records, so a batch retried after a timeout is not counted twice.
+//! records, and a batch whose answer was lost (a timeout, Redis killed after it ran the
+//! script) is resent with the same id, so it is never counted twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write as _};
@@ -122,6 +124,15 @@ end
 return res
 "#;
 
+/// Cost increments, applied once per batch id (a resent batch is a no-op).
+const COSTS_LUA: &str = r#"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return 0 end
+for i = 1, #ARGV, 3 do
+  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+end
+return 1
+"#;
+
 const REAP_LUA: &str = r#"
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 local n, units = 0, 0
@@ -193,6 +204,18 @@ fn kind_tag(kind: Kind) -> &'static str {
     }
 }
 
+/// Queued settlements per meter: (spent, released).
+type Queue = HashMap<MeterKey, (u64, u64)>;
+/// A batch of settlements under its id (the `applied:` key the script sets).
+type Batch = (String, Vec<(MeterKey, (u64, u64))>);
+
+/// Add a settlement to the queue, coalesced with what that meter already has there.
+fn enqueue(queue: &mut Queue, meter: MeterKey, spent: u64, released: u64) {
+    let e = queue.entry(meter).or_default();
+    e.0 = e.0.saturating_add(spent);
+    e.1 = e.1.saturating_add(released);
+}
+
 pub struct RedisStore {
     client: Client,
     shown: String,
@@ -202,17 +225,23 @@ pub struct RedisStore {
     next_try: Instant,
     lease: Script,
     settle: Script,
+    costs: Script,
     reap: Script,
     prune: Script,
     /// Cost rows as last written (the plane's rows are absolute; Redis gets increments).
     cost_base: HashMap<(String, String), CostRow>,
     /// Settlements not yet in Redis, coalesced per meter: (spent, released).
-    queue: HashMap<MeterKey, (u64, u64)>,
+    queue: Queue,
     /// Where the queue spills when it holds more than [`QUEUE_MAX`] meters.
     spill: PathBuf,
     spilled: bool,
     /// [`QUEUE_MAX`], lowered by tests.
     queue_max: usize,
+    /// A batch sent but not known to be applied: resent as it is, with its id, before
+    /// anything else. A new id for it would count it twice if the first send did land.
+    in_flight: Option<Batch>,
+    /// The same for cost increments: (id, the rows they bring Redis to).
+    costs_in_flight: Option<(String, Vec<CostRow>)>,
     batch_seq: u64,
     batch_tag: String,
     last_resync: Instant,
@@ -234,6 +263,7 @@ impl RedisStore {
             next_try: Instant::now(),
             lease: Script::new(LEASE_LUA),
             settle: Script::new(SETTLE_LUA),
+            costs: Script::new(COSTS_LUA),
             reap: Script::new(REAP_LUA),
             prune: Script::new(PRUNE_AUDIT_LUA),
             cost_base: HashMap::new(),
@@ -244,6 +274,8 @@ impl RedisStore {
             )),
             spilled: false,
             queue_max: QUEUE_MAX,
+            in_flight: None,
+            costs_in_flight: None,
             batch_seq: 0,
             batch_tag: tag,
             last_resync: Instant::now(),
@@ -498,7 +530,7 @@ impl RedisStore {
         self.spilled = true;
     }
 
-    /// Read the spill file back into the queue (it is deleted once pushed).
+    /// Read the spill file back (the caller deletes it).
     fn unspill(&mut self) -> Vec<(MeterKey, (u64, u64))> {
         let Ok(f) = std::fs::File::open(&self.spill) else {
             return Vec::new();
@@ -529,20 +561,103 @@ impl RedisStore {
         out
     }
 
-    fn push_batch(
-        &mut self,
-        owner: &str,
-        items: &[(MeterKey, (u64, u64))],
-    ) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
+    /// Cost rows are absolute; Redis gets the increments since `cost_base`, applied once per
+    /// id. Increments whose answer was lost go again first, under their old id.
+    fn push_costs(&mut self, rows: Vec<CostRow>) -> Result<(), StoreError> {
+        self.push_costs_in_flight()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.batch_seq += 1;
+        let id = self.k(&format!(
+            "applied:costs:{}:{}",
+            self.batch_tag, self.batch_seq
+        ));
+        self.costs_in_flight = Some((id, rows));
+        self.push_costs_in_flight()
+    }
+
+    fn push_costs_in_flight(&mut self) -> Result<(), StoreError> {
+        let Some((id, rows)) = self.costs_in_flight.take() else {
+            return Ok(());
+        };
+        let mut args: Vec<String> = Vec::new();
+        for c in &rows {
+            let base = self
+                .cost_base
+                .get(&(c.key_id.clone(), c.model.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let field = serde_json::json!([c.key_id, c.model]).to_string();
+            let deltas = [
+                c.requests.saturating_sub(base.requests),
+                c.prompt_tokens.saturating_sub(base.prompt_tokens),
+                c.completion_tokens.saturating_sub(base.completion_tokens),
+                c.cost_pico.saturating_sub(base.cost_pico),
+            ];
+            for (name, d) in COST_FIELDS.iter().zip(deltas) {
+                if d > 0 {
+                    args.extend([
+                        self.k(&format!("costs:{name}")),
+                        field.clone(),
+                        d.to_string(),
+                    ]);
+                }
+            }
+        }
+        if !args.is_empty() {
+            let sent = self.run(|con, s| s.costs.key(&id).arg(&args).invoke::<i64>(con));
+            if let Err(e) = sent {
+                self.costs_in_flight = Some((id, rows));
+                return Err(e);
+            }
+        }
+        for c in rows {
+            self.cost_base
+                .insert((c.key_id.clone(), c.model.clone()), c);
+        }
+        Ok(())
+    }
+
+    /// Send the in-flight batch (if any) and forget it once Redis answers.
+    fn push_in_flight(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
+        let Some((applied, items)) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        match self.push_batch(owner, &applied, &items) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                self.in_flight = Some((applied, items));
+                Err(e)
+            }
+        }
+    }
+
+    /// Move up to [`BATCH`] queued settlements into a new in-flight batch with a fresh id.
+    fn next_batch(&mut self, owner: &str) {
+        let take: Vec<MeterKey> = self.queue.keys().take(BATCH).cloned().collect();
+        let items: Vec<(MeterKey, (u64, u64))> = take
+            .into_iter()
+            .filter_map(|m| self.queue.remove_entry(&m))
+            .collect();
         self.batch_seq += 1;
         let applied = self.k(&format!(
             "applied:{owner}:{}:{}",
             self.batch_tag, self.batch_seq
         ));
+        self.in_flight = Some((applied, items));
+    }
+
+    fn push_batch(
+        &mut self,
+        owner: &str,
+        applied: &str,
+        items: &[(MeterKey, (u64, u64))],
+    ) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
         let keys: Vec<String> = items.iter().map(|(m, _)| self.meter_key(m)).collect();
         let ledgers = self.k("ledgers");
         let res: Vec<i64> = self.run(|con, s| {
-            let mut inv = s.settle.key(&applied);
+            let mut inv = s.settle.key(applied);
             inv.key(&ledgers);
             for k in &keys {
                 inv.key(k);
@@ -559,7 +674,6 @@ impl RedisStore {
             }
             inv.invoke(con)
         })?;
-        // The batch went through: a retry (new id) must not send it again.
         Ok(items
             .iter()
             .enumerate()
@@ -596,7 +710,7 @@ impl Store for RedisStore {
         let mut keys_changed = false;
         let mut reap: Option<(String, u64)> = None;
         let mut prune: Option<u64> = None;
-        let mut new_base = Vec::new();
+        let mut costs = Vec::new();
         for w in batch {
             match w {
                 Write::PutKey(k) => {
@@ -613,25 +727,7 @@ impl Store for RedisStore {
                 }
                 // Ledgers and reservations are kept by the metering scripts themselves.
                 Write::Ledger(_) | Write::Reservations { .. } => {}
-                Write::Cost(c) => {
-                    let who = (c.key_id.clone(), c.model.clone());
-                    let base = self.cost_base.get(&who).cloned().unwrap_or_default();
-                    let field = serde_json::json!([c.key_id, c.model]).to_string();
-                    let deltas = [
-                        c.requests.saturating_sub(base.requests),
-                        c.prompt_tokens.saturating_sub(base.prompt_tokens),
-                        c.completion_tokens.saturating_sub(base.completion_tokens),
-                        c.cost_pico.saturating_sub(base.cost_pico),
-                    ];
-                    for (name, d) in COST_FIELDS.iter().zip(deltas) {
-                        if d > 0 {
-                            pipe.hincr(self.k(&format!("costs:{name}")), &field, d)
-                                .ignore();
-                            commands += 1;
-                        }
-                    }
-                    new_base.push((who, c.clone()));
-                }
+                Write::Cost(c) => costs.push(c.clone()),
                 Write::ReapReservations { keep_owner, before } => {
                     let cutoff = before
                         .saturating_mul(1000)
@@ -654,9 +750,7 @@ impl Store for RedisStore {
         if commands > 0 {
             self.run(|con, _| pipe.query::<()>(con))?;
         }
-        for (who, row) in new_base {
-            self.cost_base.insert(who, row);
-        }
+        self.push_costs(costs)?;
         if let Some((keep, cutoff)) = reap {
             let owners = self.k("owners");
             let prefix = self.prefix.clone();
@@ -756,9 +850,7 @@ impl Global for RedisStore {
         if spent == 0 && released == 0 {
             return;
         }
-        let e = self.queue.entry(meter).or_default();
-        e.0 = e.0.saturating_add(spent);
-        e.1 = e.1.saturating_add(released);
+        enqueue(&mut self.queue, meter, spent, released);
         if self.queue.len() > self.queue_max {
             self.spill_queue();
         }
@@ -773,30 +865,33 @@ impl Global for RedisStore {
                 .arg(owner)
                 .query::<()>(con)
         })?;
-        let now_min = unix_now() / 60;
-        let mut totals = Vec::new();
+        // The batch whose answer was lost first, under its old id.
+        let mut totals = self.push_in_flight(owner)?;
         if self.spilled {
-            // Spilled batches first (the oldest usage), then delete the file.
+            // Back into the queue (coalesced per meter). The file goes first, so a failure
+            // below cannot replay it a second time; a file that cannot go stays the only copy.
             let items = self.unspill();
-            for chunk in items.chunks(BATCH) {
-                totals.extend(self.push_batch(owner, chunk)?);
-            }
-            if let Err(e) = std::fs::remove_file(&self.spill) {
-                crate::warn!("redis store: cannot remove {}: {e}", self.spill.display());
+            match std::fs::remove_file(&self.spill) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError(format!(
+                        "redis store: cannot remove {}: {e}",
+                        self.spill.display()
+                    )));
+                }
+                _ => {}
             }
             self.spilled = false;
+            for (m, (spent, released)) in items {
+                enqueue(&mut self.queue, m, spent, released);
+            }
         }
         // Rate windows long gone need no settling (their keys have expired).
+        let now_min = unix_now() / 60;
         self.queue
             .retain(|m, _| m.kind.is_budget() || m.window + 2 >= now_min);
-        let items: Vec<(MeterKey, (u64, u64))> =
-            self.queue.iter().map(|(m, v)| (m.clone(), *v)).collect();
-        for chunk in items.chunks(BATCH) {
-            let pushed = self.push_batch(owner, chunk)?;
-            for (m, _) in chunk {
-                self.queue.remove(m);
-            }
-            totals.extend(pushed);
+        while !self.queue.is_empty() {
+            self.next_batch(owner);
+            totals.extend(self.push_in_flight(owner)?);
         }
         Ok(totals)
     }
@@ -844,6 +939,8 @@ impl Global for RedisStore {
     }
 
     fn costs(&mut self) -> Result<Vec<CostRow>, StoreError> {
+        // Increments not known to be applied first: the base below must include them.
+        self.push_costs_in_flight()?;
         let rows = self.run(Self::load_costs)?;
         // These are now what this process's rows are measured against.
         self.cost_base = rows
@@ -923,6 +1020,8 @@ fn subscriber(client: Client, channel: String, mut notify: Box<dyn FnMut(bool) -
 mod tests {
     use super::*;
     use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -998,6 +1097,125 @@ mod tests {
         // The ledgers are indexed for the next start.
         let p = s.load(0).expect("load");
         assert_eq!(p.ledgers.len(), 20);
+        stop(server);
+    }
+
+    /// A relay to Redis that, once armed, forwards the next EVALSHA but closes the connection
+    /// instead of passing Redis's answer back: a reply lost after the script ran.
+    fn lossy_relay(port: u16, armed: Arc<AtomicBool>) -> u16 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let relay = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let lose = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (armed, lose_up) = (armed.clone(), lose.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                        let evalsha = buf[..n].windows(7).any(|w| w == b"EVALSHA");
+                        if evalsha && armed.swap(false, Ordering::SeqCst) {
+                            lose_up.store(true, Ordering::SeqCst);
+                        }
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                        if lose.load(Ordering::SeqCst) || c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                    let _ = s_in.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        relay
+    }
+
+    #[test]
+    fn a_batch_whose_answer_was_lost_is_resent_under_its_id_and_counted_once() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            return;
+        };
+        let armed = Arc::new(AtomicBool::new(false));
+        let relay = lossy_relay(port, armed.clone());
+        let mut s = RedisStore::open(&format!("redis://127.0.0.1:{relay}"), "u3").expect("open");
+        let mut direct =
+            RedisStore::open(&format!("redis://127.0.0.1:{port}"), "u3").expect("open");
+        let m = MeterKey {
+            ledger: "key:lost".into(),
+            kind: Kind::Tokens,
+            window: 0,
+        };
+        // One clean round loads the script, so the armed send runs it (no NOSCRIPT).
+        s.settle(m.clone(), 1, 0);
+        s.sync("o").expect("sync");
+        s.settle(m.clone(), 10, 0);
+        armed.store(true, Ordering::SeqCst);
+        assert!(s.sync("o").is_err(), "the answer was lost");
+        let spent =
+            |d: &mut RedisStore| d.totals(std::slice::from_ref(&m)).expect("totals")[0].spent;
+        assert_eq!(spent(&mut direct), 11, "Redis did run the batch");
+        // More usage arrives meanwhile; the resend must not count the lost batch again.
+        s.settle(m.clone(), 100, 0);
+        let end = Instant::now() + Duration::from_secs(10);
+        while s.sync("o").is_err() {
+            assert!(Instant::now() < end, "never reconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(spent(&mut direct), 111);
+        assert!(s.in_flight.is_none() && s.queue.is_empty());
+        stop(server);
+    }
+
+    #[test]
+    fn cost_increments_whose_answer_was_lost_are_counted_once() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            return;
+        };
+        let armed = Arc::new(AtomicBool::new(false));
+        let relay = lossy_relay(port, armed.clone());
+        let mut s = RedisStore::open(&format!("redis://127.0.0.1:{relay}"), "u4").expect("open");
+        let mut direct =
+            RedisStore::open(&format!("redis://127.0.0.1:{port}"), "u4").expect("open");
+        let row = |requests: u64| CostRow {
+            key_id: "k".into(),
+            model: "gpt-4o".into(),
+            requests,
+            prompt_tokens: requests * 10,
+            completion_tokens: requests,
+            cost_pico: requests * 1_000,
+        };
+        s.write(&[Write::Cost(row(1))]).expect("write");
+        armed.store(true, Ordering::SeqCst);
+        assert!(
+            s.write(&[Write::Cost(row(3))]).is_err(),
+            "the answer was lost"
+        );
+        let requests = |d: &mut RedisStore| d.costs().expect("costs")[0].requests;
+        assert_eq!(requests(&mut direct), 3, "Redis did apply the increments");
+        let end = Instant::now() + Duration::from_secs(10);
+        while s.write(&[Write::Cost(row(4))]).is_err() {
+            assert!(Instant::now() < end, "never reconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let got = direct.costs().expect("costs");
+        assert_eq!(got, vec![row(4)]);
         stop(server);
     }
 
