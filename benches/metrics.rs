@@ -1,15 +1,15 @@
 //! What observability costs per request: the metric updates the pipeline makes, the access
-//! record (built on the core, formatted on the log thread), and the span encoding.
+//! line (formatted on the core from the request's borrowed strings, into the core's buffer),
+//! and the span encoding (on the exporter thread).
 //!
-//! `cargo bench --bench metrics`. The per-request metric updates are what runs on a data-plane
-//! core; formatting runs on the log/exporter threads but is measured so the writer's capacity
-//! (lines per second per thread) is known.
+//! `cargo bench --bench metrics`. The metric updates and the access line are what runs on a
+//! data-plane core per request.
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ditto_gateway::log::access::AccessRecord;
+use ditto_gateway::log::access::{AccessRecord, LineCache};
 use ditto_gateway::metrics::overhead::Overhead;
 use ditto_gateway::metrics::{
     render_prometheus, BackendOutcome, Endpoint, LabelCaps, MethodClass, Registry, RequestDone,
@@ -87,16 +87,17 @@ fn per_request(c: &mut Criterion) {
     g.bench_function("access_record_build", |b| b.iter(|| black_box(record())));
     let r = record();
     let mut line = String::with_capacity(512);
+    let mut clock = LineCache::default();
     g.bench_function("access_json_line", |b| {
         b.iter(|| {
             line.clear();
-            black_box(&r).write_json_line(&mut line);
+            black_box(&r).write_json_line(&mut line, &mut clock);
         })
     });
     g.bench_function("access_text_line", |b| {
         b.iter(|| {
             line.clear();
-            black_box(&r).write_text_line(&mut line);
+            black_box(&r).write_text_line(&mut line, &mut clock);
         })
     });
     let ids = IdGen::with_seed(1);

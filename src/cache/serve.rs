@@ -309,8 +309,7 @@ async fn serve(
     }
     out.extend_from_slice(head.version.connection_field(close).as_bytes());
     // Metrics, the access log and `x-ditto-overhead-us`, as on every answer.
-    head.probe
-        .on_reply(e.status, request_id, e.body.len(), &mut out);
+    head.probe.on_reply(e.status, e.body.len(), &mut out);
     out.extend_from_slice(b"\r\n");
     if !chunked {
         out.extend_from_slice(&e.body);

@@ -8,28 +8,34 @@
 
 use std::fmt::Write;
 
-use super::redact::{redact_query, redact_secrets};
+use std::borrow::Cow;
+
+use super::redact::{is_hex_id, redact_query, redact_secrets};
 
 /// Everything the access log (and a trace span) says about one request. Build it when the
 /// request is over; `Default` leaves unknown fields empty (they are omitted from the line).
+///
+/// `S` is the text type: a core formats a line from a borrowed `AccessRecord<&str>` made of
+/// the request's own strings (no copy); a trace span, which outlives the request, holds an
+/// owned `AccessRecord` (`String`, the default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AccessRecord {
+pub struct AccessRecord<S = String> {
     /// When the request head was received, Unix epoch nanoseconds ([`unix_nanos_now`]).
     pub start_unix_nanos: u64,
     /// `x-request-id` (the client's, or the one the gateway made).
-    pub request_id: String,
+    pub request_id: S,
     /// W3C trace id when tracing is on, so log lines can be joined to traces.
     pub trace_id: Option<[u8; 16]>,
     /// Virtual key id (never the token); `None` without virtual keys.
-    pub key_id: Option<String>,
+    pub key_id: Option<S>,
     /// Model asked for (or as routed/mapped).
-    pub model: Option<String>,
+    pub model: Option<S>,
     /// Backend that served the request (the last one tried).
-    pub backend: Option<String>,
+    pub backend: Option<S>,
     /// Request method.
-    pub method: String,
+    pub method: S,
     /// Request target as received, query included (secret query values are masked on output).
-    pub path: String,
+    pub path: S,
     /// Status sent to the client (499 when the client left before the response head).
     pub status: u16,
     /// Whether the response was streamed (SSE or chunked relay).
@@ -52,126 +58,362 @@ pub struct AccessRecord {
     pub cost_pico_usd: Option<u64>,
     /// Gateway error code (`rate_limit_exceeded`, `backend_timeout`, ...) when the gateway made
     /// the error, or a short reason for an aborted stream (`client_gone`).
-    pub error: Option<String>,
+    pub error: Option<S>,
 }
 
-impl AccessRecord {
+impl AccessRecord<&str> {
+    /// An owned copy, for a consumer that outlives the request (a trace span).
+    pub fn to_owned_record(&self) -> AccessRecord {
+        let own = |v: &Option<&str>| v.map(str::to_string);
+        AccessRecord {
+            start_unix_nanos: self.start_unix_nanos,
+            request_id: self.request_id.to_string(),
+            trace_id: self.trace_id,
+            key_id: own(&self.key_id),
+            model: own(&self.model),
+            backend: own(&self.backend),
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            status: self.status,
+            stream: self.stream,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_us: self.duration_us,
+            ttfb_us: self.ttfb_us,
+            overhead_us: self.overhead_us,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cost_pico_usd: self.cost_pico_usd,
+            error: own(&self.error),
+        }
+    }
+}
+
+impl<S: AsRef<str>> AccessRecord<S> {
     /// The record as one JSON object line, `\n` included.
     pub fn to_json_line(&self) -> String {
         let mut s = String::with_capacity(384);
-        self.write_json_line(&mut s);
+        self.write_json_line(&mut s, &mut LineCache::default());
         s
-    }
-
-    /// Append the JSON line to `out` (the sink reuses one buffer).
-    pub fn write_json_line(&self, out: &mut String) {
-        out.push_str("{\"ts\":\"");
-        write_rfc3339(out, self.start_unix_nanos);
-        out.push_str("\",\"kind\":\"access\",\"request_id\":");
-        write_json_str(out, &redact_secrets(&self.request_id));
-        if let Some(t) = &self.trace_id {
-            out.push_str(",\"trace_id\":\"");
-            push_hex(out, t);
-            out.push('"');
-        }
-        let mut field = |name: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                out.push_str(",\"");
-                out.push_str(name);
-                out.push_str("\":");
-                write_json_str(out, &redact_secrets(v));
-            }
-        };
-        field("key_id", &self.key_id);
-        field("model", &self.model);
-        field("backend", &self.backend);
-        out.push_str(",\"method\":");
-        write_json_str(out, &redact_secrets(&self.method));
-        out.push_str(",\"path\":");
-        write_json_str(out, &redact_query(&self.path));
-        let _ = write!(
-            out,
-            ",\"status\":{},\"stream\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_us\":{}",
-            self.status, self.stream, self.bytes_in, self.bytes_out, self.duration_us
-        );
-        let mut num = |name: &str, v: Option<u64>| {
-            if let Some(v) = v {
-                let _ = write!(out, ",\"{name}\":{v}");
-            }
-        };
-        num("ttfb_us", self.ttfb_us);
-        num("overhead_us", Some(self.overhead_us));
-        num("prompt_tokens", self.prompt_tokens);
-        num("completion_tokens", self.completion_tokens);
-        if let Some(c) = self.cost_pico_usd {
-            out.push_str(",\"cost_usd\":");
-            write_usd(out, c);
-        }
-        if let Some(e) = &self.error {
-            out.push_str(",\"error\":");
-            write_json_str(out, &redact_secrets(e));
-        }
-        out.push_str("}\n");
     }
 
     /// The record as one logfmt line (`key=value ...`), `\n` included.
     pub fn to_text_line(&self) -> String {
         let mut s = String::with_capacity(320);
-        self.write_text_line(&mut s);
+        self.write_text_line(&mut s, &mut LineCache::default());
         s
     }
 
+    /// Append the line in `format` to `out`.
+    pub fn write_line(&self, format: super::sink::LogFormat, out: &mut String, c: &mut LineCache) {
+        match format {
+            super::sink::LogFormat::Json => self.write_json_line(out, c),
+            super::sink::LogFormat::Text => self.write_text_line(out, c),
+        }
+    }
+
+    fn opt(v: &Option<S>) -> Option<&str> {
+        v.as_ref().map(AsRef::as_ref)
+    }
+
+    /// The numeric fields after `duration_us`, in line order.
+    fn numbers(&self) -> [(&'static str, Option<u64>); 4] {
+        [
+            ("ttfb_us", self.ttfb_us),
+            ("overhead_us", Some(self.overhead_us)),
+            ("prompt_tokens", self.prompt_tokens),
+            ("completion_tokens", self.completion_tokens),
+        ]
+    }
+
+    /// Append the JSON line to `out`.
+    pub fn write_json_line(&self, out: &mut String, c: &mut LineCache) {
+        out.push_str("{\"ts\":\"");
+        c.clock.write(out, self.start_unix_nanos);
+        out.push_str("\",\"kind\":\"access\",\"request_id\":");
+        c.json(out, self.request_id.as_ref(), false);
+        if let Some(t) = &self.trace_id {
+            out.push_str(",\"trace_id\":\"");
+            push_hex(out, t);
+            out.push('"');
+        }
+        for (name, v) in [
+            ("key_id", Self::opt(&self.key_id)),
+            ("model", Self::opt(&self.model)),
+            ("backend", Self::opt(&self.backend)),
+        ] {
+            if let Some(v) = v {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                c.json(out, v, false);
+            }
+        }
+        out.push_str(",\"method\":");
+        c.json(out, self.method.as_ref(), false);
+        out.push_str(",\"path\":");
+        c.json(out, self.path.as_ref(), true);
+        out.push_str(",\"status\":");
+        push_u64(out, self.status.into());
+        out.push_str(if self.stream {
+            ",\"stream\":true,\"bytes_in\":"
+        } else {
+            ",\"stream\":false,\"bytes_in\":"
+        });
+        push_u64(out, self.bytes_in);
+        out.push_str(",\"bytes_out\":");
+        push_u64(out, self.bytes_out);
+        out.push_str(",\"duration_us\":");
+        push_u64(out, self.duration_us);
+        for (name, v) in self.numbers() {
+            if let Some(v) = v {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                push_u64(out, v);
+            }
+        }
+        if let Some(c) = self.cost_pico_usd {
+            out.push_str(",\"cost_usd\":");
+            write_usd(out, c);
+        }
+        if let Some(e) = Self::opt(&self.error) {
+            out.push_str(",\"error\":");
+            c.json(out, e, false);
+        }
+        out.push_str("}\n");
+    }
+
     /// Append the logfmt line to `out`.
-    pub fn write_text_line(&self, out: &mut String) {
+    pub fn write_text_line(&self, out: &mut String, c: &mut LineCache) {
         out.push_str("ts=");
-        write_rfc3339(out, self.start_unix_nanos);
+        c.clock.write(out, self.start_unix_nanos);
         out.push_str(" kind=access request_id=");
-        write_logfmt(out, &redact_secrets(&self.request_id));
+        c.logfmt(out, self.request_id.as_ref(), false);
         if let Some(t) = &self.trace_id {
             out.push_str(" trace_id=");
             push_hex(out, t);
         }
         for (name, v) in [
-            ("key_id", &self.key_id),
-            ("model", &self.model),
-            ("backend", &self.backend),
+            ("key_id", Self::opt(&self.key_id)),
+            ("model", Self::opt(&self.model)),
+            ("backend", Self::opt(&self.backend)),
         ] {
             if let Some(v) = v {
                 out.push(' ');
                 out.push_str(name);
                 out.push('=');
-                write_logfmt(out, &redact_secrets(v));
+                c.logfmt(out, v, false);
             }
         }
         out.push_str(" method=");
-        write_logfmt(out, &redact_secrets(&self.method));
+        c.logfmt(out, self.method.as_ref(), false);
         out.push_str(" path=");
-        write_logfmt(out, &redact_query(&self.path));
-        let _ = write!(
-            out,
-            " status={} stream={} bytes_in={} bytes_out={} duration_us={}",
-            self.status, self.stream, self.bytes_in, self.bytes_out, self.duration_us
-        );
-        for (name, v) in [
-            ("ttfb_us", self.ttfb_us),
-            ("overhead_us", Some(self.overhead_us)),
-            ("prompt_tokens", self.prompt_tokens),
-            ("completion_tokens", self.completion_tokens),
-        ] {
+        c.logfmt(out, self.path.as_ref(), true);
+        out.push_str(" status=");
+        push_u64(out, self.status.into());
+        out.push_str(if self.stream {
+            " stream=true bytes_in="
+        } else {
+            " stream=false bytes_in="
+        });
+        push_u64(out, self.bytes_in);
+        out.push_str(" bytes_out=");
+        push_u64(out, self.bytes_out);
+        out.push_str(" duration_us=");
+        push_u64(out, self.duration_us);
+        for (name, v) in self.numbers() {
             if let Some(v) = v {
-                let _ = write!(out, " {name}={v}");
+                out.push(' ');
+                out.push_str(name);
+                out.push('=');
+                push_u64(out, v);
             }
         }
         if let Some(c) = self.cost_pico_usd {
             out.push_str(" cost_usd=");
             write_usd(out, c);
         }
-        if let Some(e) = &self.error {
+        if let Some(e) = Self::opt(&self.error) {
             out.push_str(" error=");
-            write_logfmt(out, &redact_secrets(e));
+            c.logfmt(out, e, false);
         }
         out.push('\n');
     }
+}
+
+/// What a core keeps between its lines: the current second's timestamp, and a small
+/// direct-mapped set of texts already found free of secrets. Most fields repeat from line to
+/// line (method, path, model, backend, key id, error code), so most fields cost a hash and a
+/// compare instead of a redaction scan and an escape scan. Redaction is a pure function of
+/// the text, so a text found clean once is clean every time.
+pub struct LineCache {
+    clock: Clock,
+    clean: Box<[Option<Clean>]>,
+}
+
+/// A text known to need no masking, and whether it needs no quoting either.
+#[derive(Clone)]
+struct Clean {
+    /// A request target (which also gets the query rules) or free text.
+    target: bool,
+    text: Box<str>,
+    plain: Plain,
+}
+
+/// Whether a clean text goes out as it is: in a JSON string, as a logfmt value.
+#[derive(Clone, Copy)]
+struct Plain {
+    json_plain: bool,
+    logfmt_bare: bool,
+}
+
+/// Slots of [`LineCache::clean`] (a power of two), and the longest text kept in one.
+const CLEAN_SLOTS: usize = 64;
+const CLEAN_MAX_LEN: usize = 96;
+
+impl Default for LineCache {
+    fn default() -> LineCache {
+        LineCache {
+            clock: Clock::default(),
+            clean: vec![None; CLEAN_SLOTS].into_boxed_slice(),
+        }
+    }
+}
+
+impl LineCache {
+    /// Write `text` as a JSON string, redacted ([`redact_query`] when `target`, else
+    /// [`redact_secrets`]).
+    pub fn json(&mut self, out: &mut String, text: &str, target: bool) {
+        match self.lookup(text, target) {
+            Some(c) if c.json_plain => {
+                out.push('"');
+                out.push_str(text);
+                out.push('"');
+            }
+            Some(_) => write_json_str(out, text),
+            None => write_json_str(out, &self.redact(text, target)),
+        }
+    }
+
+    /// Write `text` as a logfmt value, redacted as in [`Self::json`].
+    pub fn logfmt(&mut self, out: &mut String, text: &str, target: bool) {
+        match self.lookup(text, target) {
+            Some(c) if c.logfmt_bare => out.push_str(text),
+            Some(_) => write_logfmt(out, text),
+            None => write_logfmt(out, &self.redact(text, target)),
+        }
+    }
+
+    /// The cached verdict on a clean `text`, if any. The gateway's own request ids (never
+    /// masked, never quoted, never repeated) pass without taking a slot.
+    fn lookup(&self, text: &str, target: bool) -> Option<Plain> {
+        if !text.is_empty() && is_hex_id(text) {
+            return Some(Plain {
+                json_plain: true,
+                logfmt_bare: true,
+            });
+        }
+        match &self.clean[slot(text, target)] {
+            Some(c) if c.target == target && *c.text == *text => Some(c.plain),
+            _ => None,
+        }
+    }
+
+    fn redact<'a>(&mut self, text: &'a str, target: bool) -> Cow<'a, str> {
+        let r = if target {
+            redact_query(text)
+        } else {
+            redact_secrets(text)
+        };
+        if matches!(r, Cow::Borrowed(_)) && text.len() <= CLEAN_MAX_LEN {
+            self.clean[slot(text, target)] = Some(Clean {
+                target,
+                text: text.into(),
+                plain: Plain {
+                    json_plain: !text.bytes().any(|b| JSON_ESCAPED[b as usize]),
+                    logfmt_bare: is_logfmt_bare(text),
+                },
+            });
+        }
+        r
+    }
+}
+
+/// A cheap hash of a short text (its length and its first and last 8 bytes) to a slot.
+fn slot(text: &str, target: bool) -> usize {
+    let b = text.as_bytes();
+    let n = b.len();
+    let load = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
+    let (head, tail) = if n >= 8 {
+        (load(&b[..8]), load(&b[n - 8..]))
+    } else {
+        (b.iter().fold(0u64, |w, &x| (w << 8) | u64::from(x)), 0)
+    };
+    let h = (head ^ tail.rotate_left(29) ^ ((n as u64) << 1) ^ u64::from(target))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 58) as usize & (CLEAN_SLOTS - 1)
+}
+
+/// The `YYYY-MM-DDTHH:MM:SS.` of the last second formatted: the lines of one second (all but
+/// one of them, under load) reuse it and only append their milliseconds.
+#[derive(Debug, Default)]
+pub struct Clock {
+    sec: u64,
+    prefix: String,
+}
+
+impl Clock {
+    /// Append `2024-05-01T12:34:56.789Z` (UTC, milliseconds) for Unix epoch nanoseconds.
+    pub fn write(&mut self, out: &mut String, unix_nanos: u64) {
+        let secs = unix_nanos / 1_000_000_000;
+        if self.prefix.is_empty() || secs != self.sec {
+            self.sec = secs;
+            self.prefix.clear();
+            write_second(&mut self.prefix, secs);
+        }
+        out.push_str(&self.prefix);
+        push_padded(out, (unix_nanos % 1_000_000_000) / 1_000_000, 3);
+        out.push('Z');
+    }
+}
+
+/// `2024-05-01T12:34:56.789Z` (UTC, milliseconds) for Unix epoch nanoseconds.
+pub fn write_rfc3339(out: &mut String, unix_nanos: u64) {
+    Clock::default().write(out, unix_nanos);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for Unix epoch seconds.
+fn write_second(out: &mut String, secs: u64) {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    push_padded(out, y.max(0) as u64, 4);
+    out.push('-');
+    push_padded(out, m.into(), 2);
+    out.push('-');
+    push_padded(out, d.into(), 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, (rem / 60) % 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+}
+
+/// A decimal number without `core::fmt` (which costs several times more per number).
+fn push_u64(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// `v` in decimal, left-padded with zeros to `width` digits.
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(v);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
 }
 
 /// Nanoseconds since the Unix epoch now (0 if the clock is before 1970).
@@ -180,22 +422,6 @@ pub fn unix_nanos_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// `2024-05-01T12:34:56.789Z` (UTC, milliseconds) for Unix epoch nanoseconds.
-pub fn write_rfc3339(out: &mut String, unix_nanos: u64) {
-    let secs = unix_nanos / 1_000_000_000;
-    let millis = (unix_nanos % 1_000_000_000) / 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -212,9 +438,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Bytes a JSON string must escape (RFC 8259; DEL too, to keep lines printable).
+static JSON_ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i < 0x20 || i == b'"' as usize || i == b'\\' as usize || i == 0x7f;
+        i += 1;
+    }
+    t
+};
+
 /// A JSON string literal (quotes included) with the escapes RFC 8259 requires.
 pub fn write_json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Almost every value needs no escape: one scan, one copy.
+    if !s.bytes().any(|b| JSON_ESCAPED[b as usize]) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc = match b {
@@ -238,12 +481,16 @@ pub fn write_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Whether a logfmt value can go unquoted.
+fn is_logfmt_bare(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b > b' ' && b != b'"' && b != b'=' && b != b'\\' && b != 0x7f)
+}
+
 /// A logfmt value: bare when safe, else quoted with `"`, `\` and control characters escaped.
 fn write_logfmt(out: &mut String, s: &str) {
-    let bare = !s.is_empty()
-        && s.bytes()
-            .all(|b| b > b' ' && b != b'"' && b != b'=' && b != b'\\' && b != 0x7f);
-    if bare {
+    if is_logfmt_bare(s) {
         out.push_str(s);
     } else {
         write_json_str(out, s);
@@ -252,13 +499,14 @@ fn write_logfmt(out: &mut String, s: &str) {
 
 /// Exact decimal USD from pico-USD: `0.000123`, `12.5`, `0`.
 pub fn write_usd(out: &mut String, pico: u64) {
-    let whole = pico / 1_000_000_000_000;
+    push_u64(out, pico / 1_000_000_000_000);
     let frac = pico % 1_000_000_000_000;
-    let _ = write!(out, "{whole}");
     if frac > 0 {
-        let digits = format!("{frac:012}");
         out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        let start = out.len();
+        push_padded(out, frac, 12);
+        let digits = out[start..].trim_end_matches('0').len();
+        out.truncate(start + digits);
     }
 }
 
@@ -358,6 +606,54 @@ mod tests {
             for line in [r.to_json_line(), r.to_text_line()] {
                 assert!(!line.contains(secret), "{secret} leaked: {line}");
                 assert!(!line.contains("key=abc"), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_line_cache_writes_what_a_fresh_redaction_writes() {
+        let mut texts: Vec<String> = [
+            "POST",
+            "gpt-4o-mini",
+            "/v1/chat/completions",
+            "/v1/models?key=abc",
+            "a b",
+            "",
+            "a\"b=c",
+            "ключ",
+            "ditto-5f0c9a1b2c3d4e5f-01-000000000001",
+            "ditto-Zq8Xb3Lm9Tn2Vc7Rk4Hs6Jd1Pf5Gw0Ya",
+            "Bearer abc",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        texts.extend(
+            crate::log::redact::tests::SECRETS
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        // Enough distinct texts to make slots collide.
+        texts.extend((0..300).map(|i| format!("model-{i}")));
+        texts.extend((0..50).map(|i| format!("/x?token=t{i}")));
+        let mut c = LineCache::default();
+        for _ in 0..3 {
+            for t in &texts {
+                for target in [false, true] {
+                    let fresh = if target {
+                        redact_query(t)
+                    } else {
+                        redact_secrets(t)
+                    };
+                    let (mut got, mut want) = (String::new(), String::new());
+                    c.json(&mut got, t, target);
+                    write_json_str(&mut want, &fresh);
+                    assert_eq!(got, want, "{t}");
+                    let (mut got, mut want) = (String::new(), String::new());
+                    c.logfmt(&mut got, t, target);
+                    write_logfmt(&mut want, &fresh);
+                    assert_eq!(got, want, "{t}");
+                }
             }
         }
     }

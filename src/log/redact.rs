@@ -47,28 +47,52 @@ const PREFIXES: &[(&str, usize)] = &[
 /// Words after which the next word is a credential (`Authorization: Bearer <x>`).
 const SCHEMES: &[&str] = &["bearer", "basic", "token", "digest"];
 
-/// Characters of a credential-like word (base64, base64url, JWT dots, hex, dashes).
+/// Characters of a credential-like word (base64, base64url, JWT dots, hex, dashes), as a
+/// table: every byte of every logged field is looked up here.
+static WORD_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/');
+        i += 1;
+    }
+    t
+};
+
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/')
+    WORD_BYTES[b as usize]
 }
 
-/// Whether a parameter or field name sounds like it holds a secret.
+/// Whether a parameter or field name sounds like it holds a secret. Runs for every word of
+/// every logged field, so it compares in place instead of lower-casing a copy.
 pub fn is_secret_name(name: &str) -> bool {
+    const PARTS: &[&[u8]] = &[
+        b"key",
+        b"token",
+        b"secret",
+        b"passw",
+        b"auth",
+        b"sig",
+        b"session",
+        b"credential",
+        b"cookie",
+    ];
     let n = name
         .trim_matches(|c: char| c == '"' || c == '\'')
-        .to_ascii_lowercase();
-    const PARTS: &[&str] = &[
-        "key",
-        "token",
-        "secret",
-        "passw",
-        "auth",
-        "sig",
-        "session",
-        "credential",
-        "cookie",
-    ];
-    PARTS.iter().any(|p| n.contains(p)) || matches!(n.as_str(), "pwd" | "code" | "pass")
+        .as_bytes();
+    PARTS.iter().any(|p| contains_ignore_case(n, p))
+        || [&b"pwd"[..], b"code", b"pass"]
+            .iter()
+            .any(|w| n.eq_ignore_ascii_case(w))
+}
+
+/// Whether `hay` contains `needle` (lower case), ignoring ASCII case.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn looks_random(w: &str) -> bool {
@@ -80,13 +104,45 @@ fn looks_random(w: &str) -> bool {
 }
 
 fn has_secret_prefix(w: &str) -> bool {
-    PREFIXES
-        .iter()
-        .any(|&(p, min)| w.len() >= p.len() + min && w.starts_with(p))
+    // Every prefix is at least 3 bytes plus 6 more, and starts with one of these bytes: most
+    // words are ruled out before any comparison.
+    w.len() >= 9
+        && matches!(
+            w.as_bytes()[0],
+            b's' | b'p' | b'r' | b'A' | b'g' | b'x' | b'h' | b'e'
+        )
+        && PREFIXES
+            .iter()
+            .any(|&(p, min)| w.len() >= p.len() + min && w.starts_with(p))
+}
+
+/// Bytes of lower-case hex and `-`: a text made only of these (after an optional `ditto-`,
+/// the gateway's own request ids) is never masked. No prefix starts with them (`eyJ` needs a
+/// `y`), `looks_random` needs an upper-case letter, and `-` joins it all into one word, so
+/// neither a scheme nor a secret name can precede anything.
+static HEX_DASH: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_digit() || matches!(b, b'a'..=b'f' | b'-');
+        i += 1;
+    }
+    t
+};
+
+/// Whether `text` is lower-case hex and dashes after an optional `ditto-` (the shape of the
+/// gateway's own request ids): never masked, and plain in JSON and logfmt alike.
+pub fn is_hex_id(text: &str) -> bool {
+    let rest = text.strip_prefix("ditto-").unwrap_or(text);
+    rest.bytes().all(|b| HEX_DASH[b as usize])
 }
 
 /// Mask credential-looking words in free text (see the module doc).
 pub fn redact_secrets(text: &str) -> Cow<'_, str> {
+    if is_hex_id(text) {
+        return Cow::Borrowed(text);
+    }
     let bytes = text.as_bytes();
     let mut masked: Vec<(usize, usize)> = Vec::new();
     let mut prev_word: Option<(usize, usize)> = None; // (start, end) of the previous word
@@ -101,25 +157,26 @@ pub fn redact_secrets(text: &str) -> Cow<'_, str> {
             i += 1;
         }
         let word = &text[start..i];
+        // The cheap byte checks on the gap go first: most words follow a plain separator.
         let whole = has_secret_prefix(word)
             || looks_random(word)
             || prev_word.is_some_and(|(ps, pe)| {
                 let prev = &text[ps..pe];
-                let gap = &text[pe..start];
-                let scheme = SCHEMES.iter().any(|s| prev.eq_ignore_ascii_case(s))
-                    && !gap.is_empty()
-                    && gap.bytes().all(|b| b == b' ' || b == b'\t');
-                let assigned = is_secret_name(prev)
-                    && gap.len() <= 4
-                    && gap.bytes().any(|b| b == b'=' || b == b':')
+                let gap = &bytes[pe..start];
+                let scheme = !gap.is_empty()
+                    && gap.iter().all(|&b| b == b' ' || b == b'\t')
+                    && SCHEMES.iter().any(|s| prev.eq_ignore_ascii_case(s));
+                let assigned = gap.len() <= 4
+                    && gap.iter().any(|&b| b == b'=' || b == b':')
                     && gap
-                        .bytes()
-                        .all(|b| matches!(b, b'=' | b':' | b' ' | b'"' | b'\''));
+                        .iter()
+                        .all(|b| matches!(b, b'=' | b':' | b' ' | b'"' | b'\''))
+                    && is_secret_name(prev);
                 scheme || assigned
             });
         if whole {
             masked.push((start, i));
-        } else if word.contains('/') {
+        } else if word.as_bytes().contains(&b'/') {
             // A path such as `/v1/keys/sk-...`: judge each segment on its own.
             let mut seg_start = start;
             for seg in word.split('/') {
@@ -148,8 +205,8 @@ pub fn redact_secrets(text: &str) -> Cow<'_, str> {
 /// A request target (`/path?query`) fit for a log: secret-named query values masked, and
 /// credential-looking words anywhere masked.
 pub fn redact_query(target: &str) -> Cow<'_, str> {
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    let (path, query) = match target.as_bytes().iter().position(|&b| b == b'?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
     };
     let path_clean = redact_secrets(path);
@@ -188,9 +245,9 @@ pub fn redact_query(target: &str) -> Cow<'_, str> {
 }
 
 /// `%XX` decoded (invalid escapes kept), for matching parameter names such as `api%5Fkey`.
-fn percent_decode_lossy(s: &str) -> String {
+fn percent_decode_lossy(s: &str) -> Cow<'_, str> {
     if !s.contains('%') && !s.contains('+') {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -207,7 +264,7 @@ fn percent_decode_lossy(s: &str) -> String {
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -256,6 +313,44 @@ pub(crate) mod tests {
         ] {
             let r = redact_secrets(text);
             assert!(!r.contains(secret), "{secret} survived in {r}");
+        }
+    }
+
+    #[test]
+    fn the_hex_fast_path_agrees_with_the_full_scan() {
+        // Every text the fast path passes must also pass the full scan unchanged.
+        let alphabet = b"0123456789abcdef-";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 0..20_000 {
+            let len = n % 80;
+            let mut t = String::from(if n % 2 == 0 { "ditto-" } else { "" });
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                t.push(alphabet[(seed % alphabet.len() as u64) as usize] as char);
+            }
+            let rest = t.strip_prefix("ditto-").unwrap_or(&t).to_string();
+            // Run the full scan by making the fast path miss: a trailing space changes no word.
+            let spaced = format!("{t} ");
+            assert_eq!(redact_secrets(&spaced), spaced, "{t}");
+            assert!(rest.bytes().all(|b| HEX_DASH[b as usize]));
+        }
+        assert!(matches!(
+            redact_secrets("ditto-5f0c9a1b2c3d4e5f-01-000000000001"),
+            Cow::Borrowed(_)
+        ));
+        // Anything else takes the full scan.
+        assert!(redact_secrets("ditto-Zq8Xb3Lm9Tn2Vc7Rk4Hs6Jd1Pf5Gw0Ya").contains(MASK));
+        assert!(redact_secrets("ditto-1 sk-abcdefghijklmnop").contains(MASK));
+    }
+
+    #[test]
+    fn the_prefix_filter_covers_every_prefix() {
+        for (p, min) in PREFIXES {
+            assert!(p.len() + min >= 9, "{p}");
+            let word = format!("{p}{}", "a".repeat(*min));
+            assert!(has_secret_prefix(&word), "{p} is filtered out");
         }
     }
 

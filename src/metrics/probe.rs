@@ -27,8 +27,9 @@ use super::{
     Rejection, RequestDone, StreamEnd,
 };
 use crate::log::access::{unix_nanos_now, AccessRecord};
-use crate::log::sink::LogSender;
+use crate::log::sink::{CoreLog, LogSender};
 use crate::otel::{IdGen, TraceContext};
+use crate::proxy::request_id::RequestId;
 
 /// What the command line asked for (built in `main`, passed through `ProxyOptions`).
 #[derive(Clone, Default)]
@@ -107,7 +108,7 @@ impl Observability {
         install_current(metrics.clone());
         CoreObs {
             metrics,
-            log: self.log.clone(),
+            log: self.log.clone().map(CoreLog::new),
             #[cfg(feature = "gateway-otel")]
             spans: self.spans.clone(),
             ids: self.tracing().then(|| IdGen::new(core_id)),
@@ -115,11 +116,12 @@ impl Observability {
     }
 }
 
-/// One core's handles: its counters, its senders to the log and span queues, its trace ids.
+/// One core's handles: its counters, its access-log buffer, its sender to the span queue,
+/// its trace ids.
 pub struct CoreObs {
     /// This core's counters.
     pub metrics: Rc<CoreMetrics>,
-    log: Option<LogSender>,
+    log: Option<CoreLog>,
     #[cfg(feature = "gateway-otel")]
     spans: Option<crate::otel::SpanSender>,
     ids: Option<IdGen>,
@@ -156,7 +158,7 @@ impl CoreObs {
 
     /// The request is over (response written, or the client gone, or the task dropped): count
     /// it, log it, trace it. Call exactly once per [`Self::start`]; [`Finish`] does it on drop.
-    pub fn finish(&self, probe: &Probe) {
+    pub fn finish(&self, probe: &Probe, request_id: &str) {
         let Some(st) = probe.0.as_deref() else {
             return;
         };
@@ -202,24 +204,22 @@ impl CoreObs {
         if self.log.is_none() && !self.traced() {
             return;
         }
-        let error = f.error.or_else(|| {
-            match f.stream_end {
-                Some(StreamEnd::ClientGone) => Some("client_gone"),
-                Some(StreamEnd::UpstreamFailed) => Some("upstream_failed"),
-                _ if f.status == 0 => Some("client_gone"),
-                _ => None,
-            }
-            .map(str::to_string)
+        let error = f.error.as_deref().or(match f.stream_end {
+            Some(StreamEnd::ClientGone) => Some("client_gone"),
+            Some(StreamEnd::UpstreamFailed) => Some("upstream_failed"),
+            _ if f.status == 0 => Some("client_gone"),
+            _ => None,
         });
-        let record = AccessRecord {
+        // Borrowed from the request's own strings: the log line is formatted right here.
+        let record = AccessRecord::<&str> {
             start_unix_nanos: st.start_unix_nanos,
-            request_id: f.request_id,
+            request_id,
             trace_id: st.trace.map(|t| t.trace_id),
-            key_id: f.key_id,
-            model: f.model,
-            backend: f.backend_name,
-            method: st.method.as_str().to_string(),
-            path: st.target.clone().into(),
+            key_id: f.key_id.as_deref(),
+            model: f.model.as_deref(),
+            backend: f.backend_name.as_deref(),
+            method: st.method.as_str(),
+            path: &st.target,
             status,
             stream: f.stream_end.is_some(),
             bytes_in: f.bytes_in,
@@ -232,19 +232,22 @@ impl CoreObs {
             cost_pico_usd: f.cost_pico_usd,
             error,
         };
-        #[cfg(feature = "gateway-otel")]
-        let record = match (&self.spans, st.trace) {
-            (Some(spans), Some(ctx)) => {
-                if let Some(log) = &self.log {
-                    log.send(record.clone());
-                }
-                spans.send(crate::otel::SpanRecord { ctx, record });
-                return;
-            }
-            _ => record,
-        };
         if let Some(log) = &self.log {
-            log.send(record);
+            log.push(&record);
+        }
+        #[cfg(feature = "gateway-otel")]
+        if let (Some(spans), Some(ctx)) = (&self.spans, st.trace) {
+            spans.send(crate::otel::SpanRecord {
+                ctx,
+                record: record.to_owned_record(),
+            });
+        }
+    }
+
+    /// Hand this core's buffered access-log lines to the writer (the core's tick and exit).
+    pub fn flush_log(&self) {
+        if let Some(log) = &self.log {
+            log.flush();
         }
     }
 
@@ -258,18 +261,24 @@ impl CoreObs {
 pub struct Finish<'a> {
     obs: &'a CoreObs,
     probe: Probe,
+    /// The request's id, for its access line and span (held inline: no allocation).
+    request_id: RequestId,
 }
 
 impl<'a> Finish<'a> {
     /// Finish `probe` on `obs` when this guard drops.
-    pub fn new(obs: &'a CoreObs, probe: Probe) -> Finish<'a> {
-        Finish { obs, probe }
+    pub fn new(obs: &'a CoreObs, probe: Probe, request_id: RequestId) -> Finish<'a> {
+        Finish {
+            obs,
+            probe,
+            request_id,
+        }
     }
 }
 
 impl Drop for Finish<'_> {
     fn drop(&mut self) {
-        self.obs.finish(&self.probe);
+        self.obs.finish(&self.probe, &self.request_id);
     }
 }
 
@@ -293,7 +302,6 @@ fn rejection_of(e: &crate::error::GatewayError) -> Option<Rejection> {
 /// One request's facts, filled in as the pipeline learns them.
 #[derive(Default)]
 struct Facts {
-    request_id: String,
     /// Status written to the client; 0 until a head went out.
     status: u16,
     rejection: Option<Rejection>,
@@ -366,19 +374,12 @@ impl Probe {
 
     /// A gateway-made error is about to be written: record it and return it with the
     /// overhead header added.
-    pub fn on_error(
-        &self,
-        e: crate::error::GatewayError,
-        request_id: &str,
-    ) -> crate::error::GatewayError {
+    pub fn on_error(&self, e: crate::error::GatewayError) -> crate::error::GatewayError {
         if self.0.is_none() {
             return e;
         }
         let body_len = e.body().len() as u64;
-        self.facts(|f, st| {
-            if st.records {
-                f.request_id = request_id.to_string();
-            }
+        self.facts(|f, _| {
             f.status = e.status;
             f.rejection = rejection_of(&e);
             f.error = Some(e.code.to_string());
@@ -390,14 +391,11 @@ impl Probe {
 
     /// A response of the gateway's own (`status`, `body_len` body bytes) is being written
     /// into `out`, before its blank line: record it and add the overhead header.
-    pub fn on_reply(&self, status: u16, request_id: &str, body_len: usize, out: &mut BytesMut) {
+    pub fn on_reply(&self, status: u16, body_len: usize, out: &mut BytesMut) {
         if self.0.is_none() {
             return;
         }
-        self.facts(|f, st| {
-            if st.records {
-                f.request_id = request_id.to_string();
-            }
+        self.facts(|f, _| {
             f.status = status;
             f.bytes_out += body_len as u64;
         });
@@ -406,20 +404,13 @@ impl Probe {
 
     /// An upstream's response head was written into `out` (complete, blank line included):
     /// record it and add the overhead header before the blank line.
-    pub fn on_upstream_head(
-        &self,
-        status: u16,
-        request_id: &str,
-        backend: &str,
-        out: &mut BytesMut,
-    ) {
+    pub fn on_upstream_head(&self, status: u16, backend: &str, out: &mut BytesMut) {
         if self.0.is_none() {
             return;
         }
         self.facts(|f, st| {
             f.status = status;
             if st.records {
-                f.request_id = request_id.to_string();
                 f.backend_name = Some(backend.to_string());
             }
         });

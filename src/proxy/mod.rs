@@ -323,8 +323,8 @@ pub async fn handle(
     client: &mut TcpStream,
     cbuf: &mut BytesMut,
     head: RequestHead,
+    request_id: request_id::RequestId,
 ) -> After {
-    let request_id = core.ids.from_client_or_new(head.fields.get("x-request-id"));
     let path = head.path();
     if has_dot_segment(path) {
         // An upstream that resolves `..` would serve a path outside the backend's base URL,
@@ -416,7 +416,7 @@ pub async fn reply_error(
     close: bool,
 ) -> After {
     let close = close || !head.keep_alive;
-    let e = head.probe.on_error(e, request_id);
+    let e = head.probe.on_error(e);
     let mut resp = if translate::is_messages_path(head.method, head.path()) {
         // Anthropic clients read Anthropic-shaped errors (issue 6).
         translate::anthropic_error_response(&e, request_id, head.version.connection_field(close))
@@ -463,7 +463,7 @@ pub async fn reply_json(
     } else {
         body.len()
     };
-    head.probe.on_reply(status, request_id, sent, &mut out);
+    head.probe.on_reply(status, sent, &mut out);
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {
         out.extend_from_slice(body);

@@ -31,16 +31,19 @@ pub async fn serve_request(
         probe.request(None, None, n);
     }
     head.probe = probe.clone();
-    let _finish = Finish::new(&core.obs, probe);
-    super::handle(core, client, cbuf, head).await
+    // Decided here so that the guard can put it in the access line without a copy per step.
+    let request_id = core.ids.from_client_or_new(head.fields.get("x-request-id"));
+    let _finish = Finish::new(&core.obs, probe, request_id);
+    super::handle(core, client, cbuf, head, request_id).await
 }
 
 /// The response to a request head that could not be parsed (400, 408, 431, ...): counted as a
 /// refused request and carrying the overhead header like every other response.
-pub fn head_error(core: &Core, e: GatewayError, request_id: &str) -> Bytes {
+pub fn head_error(core: &Core, e: GatewayError) -> Bytes {
+    let request_id = core.ids.next_id();
     let probe = core.obs.start("OTHER", "", None);
-    let _finish = Finish::new(&core.obs, probe.clone());
-    probe.on_error(e, request_id).to_response(request_id, true)
+    let _finish = Finish::new(&core.obs, probe.clone(), request_id);
+    probe.on_error(e).to_response(&request_id, true)
 }
 
 /// Record what an upstream attempt came to (one line after `exchange(...)`).
@@ -101,7 +104,7 @@ pub async fn metrics(
     } else {
         body.len()
     };
-    head.probe.on_reply(200, request_id, sent, &mut out);
+    head.probe.on_reply(200, sent, &mut out);
     out.extend_from_slice(b"\r\n");
     if head.method != Method::Head {
         out.extend_from_slice(body.as_bytes());

@@ -228,7 +228,7 @@ pub async fn respond(
         super::attempts::write_attempts_header(&mut scratch, attempts);
     }
     req.probe
-        .on_upstream_head(resp.status, request_id, &backend.name, &mut scratch);
+        .on_upstream_head(resp.status, &backend.name, &mut scratch);
 
     // Fast path: a small Content-Length body that arrived with its head goes out in one write.
     if let Mode::Length(n) = mode {

@@ -677,8 +677,7 @@ async fn stream(
         out.extend_from_slice(head.version.connection_field(close).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    head.probe
-        .on_upstream_head(200, request_id, &backend.name, &mut out);
+    head.probe.on_upstream_head(200, &backend.name, &mut out);
     if write_all_timeout(client, out.split().freeze(), CLIENT_WRITE_TIMEOUT)
         .await
         .is_err()
@@ -884,8 +883,7 @@ async fn reply(
         .iter()
         .find(|(k, _)| *k == "x-ditto-backend")
         .map_or("", |(_, v)| v.as_str());
-    head.probe
-        .on_upstream_head(status, request_id, backend, &mut out);
+    head.probe.on_upstream_head(status, backend, &mut out);
     out.extend_from_slice(body);
     match write_all_timeout(client, out.freeze(), CLIENT_WRITE_TIMEOUT).await {
         Ok(()) if !close => After::KeepAlive,

@@ -26,7 +26,7 @@ pub async fn serve(core: Rc<Core>, mut client: TcpStream) {
             Err(e) => {
                 let _ = write_all_timeout(
                     &mut client,
-                    proxy::observe::head_error(&core, e, &core.ids.next_id()),
+                    proxy::observe::head_error(&core, e),
                     CLIENT_WRITE_TIMEOUT,
                 )
                 .await;

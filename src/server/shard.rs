@@ -106,8 +106,9 @@ async fn serve(
         });
     }
     {
-        // Quota housekeeping: send settled usage to the control plane, give back idle
-        // leases. Its period bounds how much usage a crash can lose on the way.
+        // Housekeeping: send settled usage to the control plane, give back idle leases, hand
+        // buffered access-log lines to the writer. Its period bounds how much usage a crash
+        // can lose on the way, and how late a log line appears.
         let core = core.clone();
         let shutdown = shutdown.clone();
         monoio::spawn(async move {
@@ -115,6 +116,7 @@ async fn serve(
                 monoio::time::sleep(QUOTA_TICK).await;
                 core.quota.tick(false);
                 core.gw.control.flush_outcomes();
+                core.obs.flush_log();
             }
         });
     }
@@ -160,6 +162,7 @@ async fn serve(
     // Everything settled so far goes to the control plane before the core exits.
     core.quota.tick(true);
     core.gw.control.flush_outcomes();
+    core.obs.flush_log();
 }
 
 /// How often a core reports settled usage and returns idle leases.
