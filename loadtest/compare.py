@@ -202,15 +202,17 @@ http {{
                 "gap_p50": j["gap_p50_us"], "gap_p99": j["gap_p99_us"], "gap_max": j["gap_max_us"], "events": j["events"]}
 
 
-def wrk_bench(doc, prefix):
+def wrk_bench(doc, prefix, more_flags=None):
     """The common start of the wrk comparisons (control_overhead, obs_overhead, translate_load,
-    failover):
-    their flags, a release build unless --skip-build, and a Bench in a fresh temp dir."""
+    failover): their flags (plus any `more_flags(parser)` adds), a release build unless
+    --skip-build, and a Bench in a fresh temp dir."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip-build", action="store_true")
+    if more_flags:
+        more_flags(ap)
     args = ap.parse_args()
     args.gateway_legacy = False
     if not shutil.which("wrk"):

@@ -49,6 +49,8 @@ def wrk(bench, port, conns, load_cpus, header):
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
         r[f"p{pct}"] = to_us(m.group(1)) if m else float("nan")
+    total = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(total.group(1)) if total else 0
     errs = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     r["errors"] = int(errs.group(1)) if errs else 0
     return r
