@@ -163,9 +163,17 @@ impl Fields {
 
     /// The first value of `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Bytes compared in place: a lookup runs a dozen times per request over every field,
+        // and turning each name into a `str` first cost more than the rest of the search.
+        let want = name.as_bytes();
+        self.fields
+            .iter()
+            .find(|f| {
+                f.name.len() == want.len()
+                    && self.raw[f.name.start as usize..f.name.end as usize]
+                        .eq_ignore_ascii_case(want)
+            })
+            .map(|f| &self.raw[f.value.start as usize..f.value.end as usize])
     }
 
     /// The first value of `name` as a str, if it is valid UTF-8.

@@ -51,7 +51,9 @@ fn write_framing(out: &mut BytesMut, f: OutFraming) {
     match f {
         OutFraming::None => {}
         OutFraming::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         OutFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -67,9 +69,12 @@ pub fn upstream_request(
     strip: Option<&[u8]>,
     framing: OutFraming,
 ) {
-    let _ = write!(out, "{} ", head.method.as_str());
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
     backend.write_target(&mut ByteWriter(out), path, head.query());
-    let _ = write!(out, " HTTP/1.1\r\nhost: {}\r\n", backend.authority);
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(backend.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let connection = head.fields.get("connection");
     for (name, value) in head.fields.iter() {
         if is_hop_by_hop(name)
@@ -95,10 +100,10 @@ pub fn upstream_request(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    for (k, v) in &backend.headers {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    let _ = write!(out, "x-request-id: {request_id}\r\n");
+    write_backend_headers(out, backend);
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
     head.probe.write_traceparent(out);
     write_framing(out, framing);
     out.extend_from_slice(b"\r\n");
@@ -114,10 +119,20 @@ pub fn own_request(out: &mut BytesMut, backend: &Backend, path: &str, request_id
         " HTTP/1.1\r\nhost: {}\r\naccept: application/json\r\n",
         backend.authority
     );
+    write_backend_headers(out, backend);
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The backend's configured headers (credentials, organisation ...), one line each.
+fn write_backend_headers(out: &mut BytesMut, backend: &Backend) {
     for (k, v) in &backend.headers {
-        let _ = write!(out, "{k}: {v}\r\n");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "x-request-id: {request_id}\r\n\r\n");
 }
 
 /// Write the client response head for an upstream response. `connection_field` is the whole
@@ -137,7 +152,11 @@ pub fn client_response(
     } else {
         reason
     };
-    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let connection = resp.fields.get("connection");
     for (name, value) in resp.fields.iter() {
         let keep_length = keep_upstream_length && name.eq_ignore_ascii_case("content-length");
@@ -156,10 +175,15 @@ pub fn client_response(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(
-        out,
-        "x-request-id: {request_id}\r\nx-ditto-request-id: {request_id}\r\nx-ditto-backend: {backend}\r\n"
-    );
+    for (name, value) in [
+        (&b"x-request-id: "[..], request_id),
+        (b"x-ditto-request-id: ", request_id),
+        (b"x-ditto-backend: ", backend),
+    ] {
+        out.extend_from_slice(name);
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     write_framing(out, framing);
     out.extend_from_slice(connection_field.as_bytes());
     out.extend_from_slice(b"\r\n");

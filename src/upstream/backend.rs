@@ -175,15 +175,21 @@ impl Backend {
             rest
         });
         let client_q = query.filter(|q| !q.is_empty());
+        // Pieces, not `write!`: this runs for every proxied request.
         match (client_q, self.query.is_empty()) {
             (Some(q), true) => {
-                let _ = write!(out, "?{q}");
+                let _ = out.write_str("?");
+                let _ = out.write_str(q);
             }
             (Some(q), false) => {
-                let _ = write!(out, "?{q}&{}", self.query);
+                let _ = out.write_str("?");
+                let _ = out.write_str(q);
+                let _ = out.write_str("&");
+                let _ = out.write_str(&self.query);
             }
             (None, false) => {
-                let _ = write!(out, "?{}", self.query);
+                let _ = out.write_str("?");
+                let _ = out.write_str(&self.query);
             }
             (None, true) => {}
         }
