@@ -5,9 +5,10 @@
 //!   per line, as text (`INFO  ditto-gateway: ...`) or, after [`set_json`], as JSON lines.
 //!   Their message is passed through [`redact::redact_secrets`] first, so an error that quotes a
 //!   header or a URL cannot leak a token.
-//! - Access records ([`access::AccessRecord`]) never touch stderr from a data-plane core: they go
-//!   through a bounded queue to one writer thread ([`sink::LogSink`]), which formats and writes
-//!   them in batches; a full queue drops the record and counts it.
+//! - Access lines ([`access::AccessRecord`]) never touch stderr from a data-plane core: each
+//!   core formats its lines into its own buffer ([`sink::CoreLog`]) and hands whole buffers
+//!   through a bounded queue to one writer thread ([`sink::LogSink`]); a full queue drops the
+//!   buffer's lines and counts them.
 
 pub mod access;
 pub mod redact;
