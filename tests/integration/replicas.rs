@@ -452,6 +452,52 @@ fn a_router_changed_on_one_replica_routes_on_the_others_within_a_second() {
 }
 
 #[test]
+fn usage_served_while_redis_was_down_survives_the_replica_and_the_next_one_replays_it() {
+    let Some(mut redis) = Redis::start_with(true) else {
+        return;
+    };
+    let mock = Mock::start();
+    let config = cfg(
+        &mock,
+        json!([{"id": "gone", "token": "sk-gone", "budget": {"total_tokens": 10_000_000}}]),
+    );
+    let mut a = replica(&config, &redis, "t9");
+    redis.kill();
+    let mut used = 0;
+    for _ in 0..20 {
+        let r = chat_as(&a, "sk-gone", &capped(false));
+        assert_eq!(r.status, 200, "fail open: {}", r.text());
+        used += r.json()["usage"]["total_tokens"].as_u64().unwrap_or(0);
+    }
+    assert!(used > 0);
+    // A few failed flushes (every 100 ms) put the usage on disk; then the replica dies
+    // without any chance to write more.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child process by its pid.
+    assert_eq!(unsafe { libc::kill(a.pid(), libc::SIGKILL) }, 0);
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    redis.restart();
+    let b = replica(&config, &redis, "t9");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = budget_row(&b, "key:gone")["spent"].as_u64();
+        if got == Some(used) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the shared ledger holds {got:?} tokens, the clients were served {used}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        b.log().contains("adopted usage a stopped replica left"),
+        "{}",
+        b.log()
+    );
+}
+
+#[test]
 fn redis_killed_and_restarted_mid_load_loses_no_usage_and_limits_recover() {
     let Some(mut redis) = Redis::start_with(true) else {
         return;

@@ -12,6 +12,8 @@
 pub mod memory;
 #[cfg(feature = "gateway-store-redis")]
 pub mod redis;
+#[cfg(feature = "gateway-store-redis")]
+pub mod spill;
 #[cfg(feature = "gateway-store-sqlite")]
 pub mod sqlite;
 

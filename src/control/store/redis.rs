@@ -24,19 +24,19 @@
 //!
 //! Leases, settlements and reaping run as Lua scripts (EVALSHA), so each is atomic across
 //! replicas: a lease is granted only from `limit - spent - outstanding` of the global
-//! counters. Settled usage is queued here and pushed in batches at every flush; while Redis is
-//! unreachable the queue is kept (coalesced per meter, spilled to a file when it grows past
-//! [`QUEUE_MAX`]) and replayed when it returns. Every batch carries an id that the script
-//! records, and a batch whose answer was lost (a timeout, Redis killed after it ran the
-//! script) is resent with the same id, so it is never counted twice.
+//! counters. Settled usage is queued here and pushed in batches at every flush. A flush that
+//! fails writes what Redis has not confirmed to disk (`spill.rs`), where it outlives this
+//! process, and it is replayed when Redis returns, by this process or, if it stopped first,
+//! by the next one started here. Every batch carries an id that the script records, and a
+//! batch whose answer was lost (a timeout, Redis killed after it ran the script) is resent
+//! with the same id, so it is never counted twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write as _};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisError, Script};
 
+use super::spill::{kind_tag, Batch, Spill};
 use super::{
     AuditEntry, CostRow, Global, GlobalGrant, LedgerRow, MeterKey, MeterTotals, Persisted,
     ReservationRow, Store, StoreError, Write,
@@ -195,19 +195,8 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn kind_tag(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Rpm => "rpm",
-        Kind::Tpm => "tpm",
-        Kind::Tokens => "budget_tokens",
-        Kind::Usd => "budget_usd",
-    }
-}
-
 /// Queued settlements per meter: (spent, released).
 type Queue = HashMap<MeterKey, (u64, u64)>;
-/// A batch of settlements under its id (the `applied:` key the script sets).
-type Batch = (String, Vec<(MeterKey, (u64, u64))>);
 
 /// Add a settlement to the queue, coalesced with what that meter already has there.
 fn enqueue(queue: &mut Queue, meter: MeterKey, spent: u64, released: u64) {
@@ -232,14 +221,18 @@ pub struct RedisStore {
     cost_base: HashMap<(String, String), CostRow>,
     /// Settlements not yet in Redis, coalesced per meter: (spent, released).
     queue: Queue,
-    /// Where the queue spills when it holds more than [`QUEUE_MAX`] meters.
-    spill: PathBuf,
+    /// The files usage goes to when Redis has not confirmed it (see `spill.rs`): the queue
+    /// at every failed flush and when it holds more than [`QUEUE_MAX`] meters.
+    spill: Spill,
+    /// Whether queued usage is on disk (ours or adopted from a stopped replica).
     spilled: bool,
     /// [`QUEUE_MAX`], lowered by tests.
     queue_max: usize,
     /// A batch sent but not known to be applied: resent as it is, with its id, before
     /// anything else. A new id for it would count it twice if the first send did land.
-    in_flight: Option<Batch>,
+    in_flight: Vec<Batch>,
+    /// Whether `in_flight` is recorded on disk (after a failed send).
+    in_flight_on_disk: bool,
     /// The same for cost increments: (id, the rows they bring Redis to).
     costs_in_flight: Option<(String, Vec<CostRow>)>,
     batch_seq: u64,
@@ -268,18 +261,20 @@ impl RedisStore {
             prune: Script::new(PRUNE_AUDIT_LUA),
             cost_base: HashMap::new(),
             queue: HashMap::new(),
-            spill: std::env::temp_dir().join(format!(
-                "ditto-redis-spill-{}-{tag}.jsonl",
-                std::process::id()
-            )),
+            spill: Spill::new(&std::env::temp_dir(), &shown, prefix, &tag),
             spilled: false,
             queue_max: QUEUE_MAX,
-            in_flight: None,
+            in_flight: Vec::new(),
+            in_flight_on_disk: false,
             costs_in_flight: None,
             batch_seq: 0,
             batch_tag: tag,
             last_resync: Instant::now(),
         };
+        // What replicas stopped while Redis was down left here goes out with the first flush.
+        s.in_flight = s.spill.adopt_orphans();
+        s.in_flight_on_disk = !s.in_flight.is_empty();
+        s.spilled = s.spill.has_queue();
         s.ping()
             .map_err(|e| StoreError(format!("cannot reach {e}")))?;
         Ok(s)
@@ -489,76 +484,37 @@ impl RedisStore {
         Ok(costs.into_values().collect())
     }
 
-    /// Append the in-memory queue to the spill file and empty it.
-    fn spill_queue(&mut self) {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.spill);
-        let mut file = match file {
-            Ok(f) => f,
+    /// Move the in-memory queue to disk (kept in memory if the disk fails).
+    fn spill_queue(&mut self) -> bool {
+        if self.queue.is_empty() {
+            return true;
+        }
+        match self.spill.append(self.queue.iter()) {
+            Ok(()) => {
+                self.queue.clear();
+                self.spilled = true;
+                true
+            }
             Err(e) => {
                 crate::error!(
-                    "redis store: cannot spill queued usage to {}: {e}; keeping it in memory",
-                    self.spill.display()
+                    "redis store: cannot write queued usage to {}: {e}; keeping it in memory",
+                    self.spill.queue_path().display()
                 );
-                return;
+                false
             }
-        };
-        let mut text = String::new();
-        for (m, (spent, released)) in &self.queue {
-            let line = serde_json::json!([m.ledger, kind_tag(m.kind), m.window, spent, released]);
-            text.push_str(&line.to_string());
-            text.push('\n');
         }
-        if let Err(e) = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_data())
-        {
-            crate::error!(
-                "redis store: cannot spill queued usage to {}: {e}; keeping it in memory",
-                self.spill.display()
-            );
-            return;
-        }
-        crate::warn!(
-            "redis store: {} queued settlements spilled to {}",
-            self.queue.len(),
-            self.spill.display()
-        );
-        self.queue.clear();
-        self.spilled = true;
     }
 
-    /// Read the spill file back (the caller deletes it).
-    fn unspill(&mut self) -> Vec<(MeterKey, (u64, u64))> {
-        let Ok(f) = std::fs::File::open(&self.spill) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-            let Ok((ledger, tag, window, spent, released)) =
-                serde_json::from_str::<(String, String, u64, u64, u64)>(&line)
-            else {
-                continue;
-            };
-            let kind = match tag.as_str() {
-                "rpm" => Kind::Rpm,
-                "tpm" => Kind::Tpm,
-                "budget_tokens" => Kind::Tokens,
-                "budget_usd" => Kind::Usd,
-                _ => continue,
-            };
-            out.push((
-                MeterKey {
-                    ledger,
-                    kind,
-                    window,
-                },
-                (spent, released),
-            ));
+    /// A flush failed: what Redis has not confirmed goes to disk now, so it outlives this
+    /// process if it stops before Redis is back (the next replica started here replays it).
+    fn persist(&mut self) {
+        self.spill_queue();
+        if !self.in_flight.is_empty() || self.in_flight_on_disk {
+            match self.spill.write_in_flight(&self.in_flight) {
+                Ok(()) => self.in_flight_on_disk = !self.in_flight.is_empty(),
+                Err(e) => crate::error!("redis store: cannot record unanswered batches: {e}"),
+            }
         }
-        out
     }
 
     /// Cost rows are absolute; Redis gets the increments since `cost_base`, applied once per
@@ -619,21 +575,23 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Send the in-flight batch (if any) and forget it once Redis answers.
+    /// Send the unanswered batches, oldest first, each forgotten once Redis answers.
     fn push_in_flight(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
-        let Some((applied, items)) = self.in_flight.take() else {
-            return Ok(Vec::new());
-        };
-        match self.push_batch(owner, &applied, &items) {
-            Ok(t) => Ok(t),
-            Err(e) => {
-                self.in_flight = Some((applied, items));
-                Err(e)
+        let mut totals = Vec::new();
+        while let Some((applied, items)) = self.in_flight.first().cloned() {
+            totals.extend(self.push_batch(owner, &applied, &items)?);
+            self.in_flight.remove(0);
+        }
+        if self.in_flight_on_disk {
+            match self.spill.write_in_flight(&[]) {
+                Ok(()) => self.in_flight_on_disk = false,
+                Err(e) => crate::warn!("redis store: cannot clear unanswered batches: {e}"),
             }
         }
+        Ok(totals)
     }
 
-    /// Move up to [`BATCH`] queued settlements into a new in-flight batch with a fresh id.
+    /// Move up to [`BATCH`] queued settlements into a new unanswered batch with a fresh id.
     fn next_batch(&mut self, owner: &str) {
         let take: Vec<MeterKey> = self.queue.keys().take(BATCH).cloned().collect();
         let items: Vec<(MeterKey, (u64, u64))> = take
@@ -645,7 +603,38 @@ impl RedisStore {
             "applied:{owner}:{}:{}",
             self.batch_tag, self.batch_seq
         ));
-        self.in_flight = Some((applied, items));
+        self.in_flight.push((applied, items));
+    }
+
+    /// Everything [`Store::sync`] sends, in order; on an error the caller persists the rest.
+    fn push_all(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
+        let owners = self.k("owners");
+        self.run(|con, _| {
+            redis::cmd("ZADD")
+                .arg(&owners)
+                .arg(unix_now_ms())
+                .arg(owner)
+                .query::<()>(con)
+        })?;
+        // Batches whose answer was lost first, under their old ids.
+        let mut totals = self.push_in_flight(owner)?;
+        if self.spilled {
+            // Back into the queue (summed per meter); each file goes as it is read, so what
+            // follows cannot replay it twice.
+            self.spilled = false;
+            for (m, (spent, released)) in self.spill.take() {
+                enqueue(&mut self.queue, m, spent, released);
+            }
+        }
+        // Rate windows long gone need no settling (their keys have expired).
+        let now_min = unix_now() / 60;
+        self.queue
+            .retain(|m, _| m.kind.is_budget() || m.window + 2 >= now_min);
+        while !self.queue.is_empty() {
+            self.next_batch(owner);
+            totals.extend(self.push_in_flight(owner)?);
+        }
+        Ok(totals)
     }
 
     fn push_batch(
@@ -851,49 +840,20 @@ impl Global for RedisStore {
             return;
         }
         enqueue(&mut self.queue, meter, spent, released);
-        if self.queue.len() > self.queue_max {
-            self.spill_queue();
+        if self.queue.len() > self.queue_max && self.spill_queue() {
+            crate::warn!(
+                "redis store: queued usage spilled to {}",
+                self.spill.queue_path().display()
+            );
         }
     }
 
     fn sync(&mut self, owner: &str) -> Result<Vec<(MeterKey, MeterTotals)>, StoreError> {
-        let owners = self.k("owners");
-        self.run(|con, _| {
-            redis::cmd("ZADD")
-                .arg(&owners)
-                .arg(unix_now_ms())
-                .arg(owner)
-                .query::<()>(con)
-        })?;
-        // The batch whose answer was lost first, under its old id.
-        let mut totals = self.push_in_flight(owner)?;
-        if self.spilled {
-            // Back into the queue (coalesced per meter). The file goes first, so a failure
-            // below cannot replay it a second time; a file that cannot go stays the only copy.
-            let items = self.unspill();
-            match std::fs::remove_file(&self.spill) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(StoreError(format!(
-                        "redis store: cannot remove {}: {e}",
-                        self.spill.display()
-                    )));
-                }
-                _ => {}
-            }
-            self.spilled = false;
-            for (m, (spent, released)) in items {
-                enqueue(&mut self.queue, m, spent, released);
-            }
+        let r = self.push_all(owner);
+        if r.is_err() {
+            self.persist();
         }
-        // Rate windows long gone need no settling (their keys have expired).
-        let now_min = unix_now() / 60;
-        self.queue
-            .retain(|m, _| m.kind.is_budget() || m.window + 2 >= now_min);
-        while !self.queue.is_empty() {
-            self.next_batch(owner);
-            totals.extend(self.push_in_flight(owner)?);
-        }
-        Ok(totals)
+        r
     }
 
     fn totals(&mut self, meters: &[MeterKey]) -> Result<Vec<MeterTotals>, StoreError> {
@@ -1031,9 +991,27 @@ mod tests {
     }
 
     fn redis_server(port: u16) -> Option<Child> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        redis_server_in(port, None)
+    }
+
+    /// With `dir`, Redis keeps its data there (AOF, fsync always) across restarts.
+    fn redis_server_in(port: u16, dir: Option<&std::path::Path>) -> Option<Child> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match dir {
+            Some(d) => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(d),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1083,7 +1061,10 @@ mod tests {
             s.settle(m.clone(), 10, 0);
             s.settle(m.clone(), 5, 0);
         }
-        assert!(s.spilled && s.spill.exists(), "the queue spilled to disk");
+        assert!(
+            s.spilled && s.spill.queue_path().exists(),
+            "the queue spilled to disk"
+        );
         assert!(s.sync("owner").is_err(), "redis is down");
         let server = redis_server(port).expect("restart");
         let end = Instant::now() + Duration::from_secs(15);
@@ -1091,7 +1072,10 @@ mod tests {
             assert!(Instant::now() < end, "never reconnected");
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!s.spill.exists(), "the spill file is gone once replayed");
+        assert!(
+            !s.spill.queue_path().exists(),
+            "the spill file is gone once replayed"
+        );
         let totals = s.totals(&meters).expect("totals");
         assert!(totals.iter().all(|t| t.spent == 15), "{totals:?}");
         // The ledgers are indexed for the next start.
@@ -1178,7 +1162,63 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(spent(&mut direct), 111);
-        assert!(s.in_flight.is_none() && s.queue.is_empty());
+        assert!(s.in_flight.is_empty() && s.queue.is_empty());
+        stop(server);
+    }
+
+    #[test]
+    fn usage_a_replica_left_while_redis_was_down_is_replayed_once_by_the_next() {
+        let port = free_port();
+        let data = tempfile::tempdir().expect("tmp");
+        let Some(server) = redis_server_in(port, Some(data.path())) else {
+            return;
+        };
+        let armed = Arc::new(AtomicBool::new(false));
+        let url = format!("redis://127.0.0.1:{}", lossy_relay(port, armed.clone()));
+        let mut a = RedisStore::open(&url, "u5").expect("open");
+        // `a` plays a replica that has since exited: its files are orphans.
+        let dead = {
+            let mut c = Command::new("true").spawn().expect("spawn");
+            let pid = c.id();
+            c.wait().expect("wait");
+            pid
+        };
+        a.spill.set_pid_for_test(dead, "aa");
+        let m = MeterKey {
+            ledger: "key:left".into(),
+            kind: Kind::Tokens,
+            window: 0,
+        };
+        a.settle(m.clone(), 1, 0);
+        a.sync("a").expect("sync");
+        // A batch whose answer is lost (Redis did apply it), then Redis goes away.
+        a.settle(m.clone(), 10, 0);
+        armed.store(true, Ordering::SeqCst);
+        assert!(a.sync("a").is_err());
+        stop(server);
+        a.settle(m.clone(), 100, 0);
+        assert!(a.sync("a").is_err(), "redis is down");
+        assert!(
+            a.queue.is_empty(),
+            "the usage went to disk at the failed flush"
+        );
+        drop(a);
+
+        let server = redis_server_in(port, Some(data.path())).expect("restart");
+        let mut b = RedisStore::open(&url, "u5").expect("open");
+        let end = Instant::now() + Duration::from_secs(10);
+        while b.sync("b").is_err() {
+            assert!(Instant::now() < end, "never reconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut direct =
+            RedisStore::open(&format!("redis://127.0.0.1:{port}"), "u5").expect("open");
+        let spent = direct.totals(std::slice::from_ref(&m)).expect("totals")[0].spent;
+        assert_eq!(
+            spent, 111,
+            "every unit once: the lost batch under its old id, the queue"
+        );
+        assert!(!b.spilled && b.in_flight.is_empty());
         stop(server);
     }
 
