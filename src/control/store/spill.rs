@@ -11,7 +11,8 @@
 //!   did land is not counted again.
 //!
 //! `<key>` is a hash of the Redis URL (password removed) and the prefix: only the files of the
-//! same shared state are ever adopted. A process is gone when `/proc/<pid>` is.
+//! same shared state are ever adopted. A process is gone when `/proc/<pid>` is, or when the
+//! pid is this process's own under another tag (an earlier run with the same pid).
 
 use std::collections::HashMap;
 use std::fs;
@@ -198,7 +199,11 @@ impl Spill {
             else {
                 continue;
             };
-            if pid == self.pid || Path::new(&format!("/proc/{pid}")).exists() {
+            // Ours, or a live process's. Our own pid under another tag is an earlier run of
+            // this one (a container restarts its gateway as pid 1 every time).
+            if name.starts_with(&self.own)
+                || (pid != self.pid && Path::new(&format!("/proc/{pid}")).exists())
+            {
                 continue;
             }
             if name.ends_with(".inflight") {
@@ -368,6 +373,19 @@ mod tests {
         );
         assert!(alive.has_queue() && other.has_queue());
         assert_eq!(alive.take(), vec![(meter(8), (1, 0))]);
+    }
+
+    #[test]
+    fn an_earlier_run_under_the_same_pid_is_adopted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let before = Spill::new(dir.path(), "redis://h:1", "p", "run1");
+        before
+            .append([(&meter(1), &(7, 0))].into_iter())
+            .expect("append");
+        let mut now = Spill::new(dir.path(), "redis://h:1", "p", "run2");
+        assert!(now.adopt_orphans().is_empty());
+        assert_eq!(now.take(), vec![(meter(1), (7, 0))]);
+        assert!(!before.has_queue());
     }
 
     #[test]
