@@ -621,10 +621,11 @@ impl RedisStore {
         if self.spilled {
             // Back into the queue (summed per meter); each file goes as it is read, so what
             // follows cannot replay it twice.
-            self.spilled = false;
             for (m, (spent, released)) in self.spill.take() {
                 enqueue(&mut self.queue, m, spent, released);
             }
+            // A file that could not be removed kept its usage: try it again next time.
+            self.spilled = self.spill.has_queue();
         }
         // Rate windows long gone need no settling (their keys have expired).
         let now_min = unix_now() / 60;
