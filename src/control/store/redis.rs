@@ -930,11 +930,10 @@ impl Global for RedisStore {
     }
 }
 
-/// The subscriber thread: on every message (and after every reconnect, to catch what was
-/// missed meanwhile) it tells the plane to reload keys. Ends when the plane is gone.
+/// The subscriber thread: on every message, and after every (re)subscription, it tells the
+/// plane to reload keys and the router. Ends when the plane is gone.
 fn subscriber(client: Client, channel: String, mut notify: Box<dyn FnMut(bool) -> bool + Send>) {
     let mut backoff = BACKOFF_MIN;
-    let mut first = true;
     while notify(false) {
         let mut con = match client.get_connection_with_timeout(IO_TIMEOUT) {
             Ok(c) => c,
@@ -955,10 +954,12 @@ fn subscriber(client: Client, channel: String, mut notify: Box<dyn FnMut(bool) -
             continue;
         }
         backoff = BACKOFF_MIN;
-        if !first && !notify(true) {
+        // Reload once subscribed, the first time too: a change published between the plane's
+        // load at startup (or the last message before a reconnect) and this subscription
+        // reached nobody here, and would otherwise wait for the periodic resync.
+        if !notify(true) {
             return;
         }
-        first = false;
         loop {
             match ps.get_message() {
                 Ok(_) => {
@@ -1220,6 +1221,36 @@ mod tests {
             "every unit once: the lost batch under its old id, the queue"
         );
         assert!(!b.spilled && b.in_flight.is_empty());
+        stop(server);
+    }
+
+    #[test]
+    fn the_subscriber_asks_for_a_reload_as_soon_as_it_is_subscribed() {
+        let port = free_port();
+        let Some(server) = redis_server(port) else {
+            return;
+        };
+        let client = Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+        let (tx, rx) = flume::unbounded();
+        let sub = std::thread::spawn(move || {
+            // Runs until the notify callback says the plane is gone.
+            subscriber(
+                client,
+                "u6:changes".into(),
+                Box::new(move |fire| {
+                    if fire {
+                        // The plane asked to reload: report it, then end the thread.
+                        let _ = tx.send(());
+                        return false;
+                    }
+                    true
+                }),
+            )
+        });
+        // No message was published: the first reload comes from subscribing itself.
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a reload right after subscribing");
+        sub.join().expect("subscriber");
         stop(server);
     }
 
