@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod control;

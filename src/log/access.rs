@@ -385,7 +385,7 @@ pub fn write_rfc3339(out: &mut String, unix_nanos: u64) {
 
 /// `YYYY-MM-DDTHH:MM:SS.` for Unix epoch seconds.
 fn write_second(out: &mut String, secs: u64) {
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = crate::civil::civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     push_padded(out, y.max(0) as u64, 4);
     out.push('-');
@@ -422,20 +422,6 @@ pub fn unix_nanos_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Bytes a JSON string must escape (RFC 8259; DEL too, to keep lines printable).

@@ -463,19 +463,9 @@ fn parse_http_date(s: &str) -> Option<u64> {
     {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3_600 + m * 60 + sec)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), for
-/// years >= 1970.
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    // The checks above keep the date at or after 1970: the day count is not negative.
+    let days = crate::civil::days_from_civil(year as i64, month as u32, day as u32) as u64;
+    Some(days * 86_400 + h * 3_600 + m * 60 + sec)
 }
 
 #[cfg(test)]
