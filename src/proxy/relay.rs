@@ -390,7 +390,7 @@ impl Mode {
 }
 
 /// Append `data` framed for the client: one chunk, or raw for a close-delimited body.
-fn frame(out: &mut BytesMut, data: &[u8], chunked: bool) {
+pub(super) fn frame(out: &mut BytesMut, data: &[u8], chunked: bool) {
     if data.is_empty() {
         return;
     }

@@ -25,9 +25,10 @@ use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
 use super::forward::{send_buffered, Exchange, ExchangeError, RequestBody};
+use super::relay::frame;
 use super::{After, Core};
 use crate::error::GatewayError;
-use crate::http::chunked::{write_chunk_header, LAST_CHUNK};
+use crate::http::chunked::LAST_CHUNK;
 use crate::http::io::{read_append, write_all_timeout};
 use crate::http::limits::CLIENT_WRITE_TIMEOUT;
 use crate::http::{BodyFraming, ChunkedDecoder, Method, RequestHead, Version};
@@ -734,19 +735,6 @@ async fn stream(
             };
             return done(after, 200, usage(&up, &down), true);
         }
-    }
-}
-
-fn frame(out: &mut BytesMut, data: &[u8], chunked: bool) {
-    if data.is_empty() {
-        return;
-    }
-    if chunked {
-        write_chunk_header(out, data.len());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(data);
     }
 }
 

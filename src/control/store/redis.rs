@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisError, Script};
 
-use super::spill::{kind_tag, Batch, Spill};
+use super::spill::{add, kind_tag, Batch, Spill};
 use super::{
     AuditEntry, CostRow, Global, GlobalGrant, LedgerRow, MeterKey, MeterTotals, Persisted,
     ReservationRow, Store, StoreError, Write,
@@ -197,13 +197,6 @@ pub fn redact_url(url: &str) -> String {
 
 /// Queued settlements per meter: (spent, released).
 type Queue = HashMap<MeterKey, (u64, u64)>;
-
-/// Add a settlement to the queue, coalesced with what that meter already has there.
-fn enqueue(queue: &mut Queue, meter: MeterKey, spent: u64, released: u64) {
-    let e = queue.entry(meter).or_default();
-    e.0 = e.0.saturating_add(spent);
-    e.1 = e.1.saturating_add(released);
-}
 
 pub struct RedisStore {
     client: Client,
@@ -622,7 +615,7 @@ impl RedisStore {
             // Back into the queue (summed per meter); each file goes as it is read, so what
             // follows cannot replay it twice.
             for (m, (spent, released)) in self.spill.take() {
-                enqueue(&mut self.queue, m, spent, released);
+                add(&mut self.queue, m, spent, released);
             }
             // A file that could not be removed kept its usage: try it again next time.
             self.spilled = self.spill.has_queue();
@@ -840,7 +833,7 @@ impl Global for RedisStore {
         if spent == 0 && released == 0 {
             return;
         }
-        enqueue(&mut self.queue, meter, spent, released);
+        add(&mut self.queue, meter, spent, released);
         if self.queue.len() > self.queue_max && self.spill_queue() {
             crate::warn!(
                 "redis store: queued usage spilled to {}",

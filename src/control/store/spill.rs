@@ -27,6 +27,13 @@ use crate::control::meter::Kind;
 /// A settlement batch under its id (the `applied:` key the script sets).
 pub type Batch = (String, Vec<(MeterKey, (u64, u64))>);
 
+/// Add a settlement to per-meter sums (the store's queue, a compacted file).
+pub fn add(sums: &mut HashMap<MeterKey, (u64, u64)>, meter: MeterKey, spent: u64, released: u64) {
+    let e = sums.entry(meter).or_default();
+    e.0 = e.0.saturating_add(spent);
+    e.1 = e.1.saturating_add(released);
+}
+
 /// The own queue file is rewritten coalesced once it grows past this.
 const COMPACT_BYTES: u64 = 4 << 20;
 
@@ -131,11 +138,9 @@ impl Spill {
     /// Rewrite the own queue file with one line per meter (a long outage appends the same
     /// meters at every flush). Written aside, then renamed over it: never half a file.
     fn compact(&self, path: &Path) -> io::Result<()> {
-        let mut sums: HashMap<MeterKey, (u64, u64)> = HashMap::new();
+        let mut sums = HashMap::new();
         for (m, (s, r)) in read_queue(path)? {
-            let e = sums.entry(m).or_default();
-            e.0 = e.0.saturating_add(s);
-            e.1 = e.1.saturating_add(r);
+            add(&mut sums, m, s, r);
         }
         let tmp = path.with_extension("compact");
         let mut f = fs::File::create(&tmp)?;
@@ -266,7 +271,7 @@ fn line(m: &MeterKey, (spent, released): (u64, u64)) -> serde_json::Value {
 
 fn parse_item(v: &serde_json::Value) -> Option<(MeterKey, (u64, u64))> {
     let (ledger, tag, window, spent, released) =
-        serde_json::from_value::<(String, String, u64, u64, u64)>(v.clone()).ok()?;
+        <(String, String, u64, u64, u64) as serde::Deserialize>::deserialize(v).ok()?;
     let kind = match tag.as_str() {
         "rpm" => Kind::Rpm,
         "tpm" => Kind::Tpm,
