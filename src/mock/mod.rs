@@ -13,11 +13,13 @@
 //! - [`gemini`]: the Gemini `generateContent` bodies and chunks.
 //! - [`conn`]: one connection: read requests, route, answer, inject faults.
 //! - [`tls`]: the rustls server config for `--tls-cert/--tls-key`.
+//! - [`redis_server`]: a real `redis-server` on a loopback port for the Redis store's tests.
 
 pub mod anthropic;
 pub mod api;
 pub mod conn;
 pub mod gemini;
+pub mod redis_server;
 pub mod tls;
 
 use std::io::{self, Write as _};

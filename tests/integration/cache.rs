@@ -173,7 +173,9 @@ fn a_stampede_on_one_hot_key_makes_one_upstream_call() {
 
 #[test]
 fn the_redis_tier_serves_other_replicas_ignores_corrupt_entries_and_purges() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let mock = Mock::start();
     let config = cfg(&mock, json!([{"id": "k", "token": "sk-k"}]));
     let replica = || {

@@ -5,10 +5,6 @@
 //!
 //! Without `redis-server` on the PATH these tests say so and pass (`.ci/run` installs it).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,146 +15,8 @@ use crate::harness::{agent, chat, get, into_resp_pub, post, Gateway, Mock, Resp}
 
 const ADMIN: &str = "adm-secret";
 
-/// A `redis-server` on a free loopback port; killed on drop.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-    persist: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-impl Redis {
-    /// None (and a note) when redis-server is not installed.
-    pub fn start() -> Option<Redis> {
-        Redis::start_with(false)
-    }
-
-    /// `persist`: append-only file with fsync on every write, so a SIGKILL loses nothing.
-    pub fn start_with(persist: bool) -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!("redis-server is not installed: skipping (.ci/run installs it)");
-            return None;
-        }
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("tmp"),
-            persist,
-        };
-        r.spawn();
-        Some(r)
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if self.persist {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        self.child = Some(cmd.spawn().expect("spawn redis-server"));
-        let end = Instant::now() + Duration::from_secs(10);
-        while !self.pong() {
-            assert!(Instant::now() < end, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pong(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with the pid of a child we started and have not reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start again on the same port (and directory).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    pub fn stop(&self) {
-        self.signal(libc::SIGSTOP);
-    }
-
-    pub fn cont(&self) {
-        self.signal(libc::SIGCONT);
-    }
-
-    /// Run one command over RESP; the raw reply.
-    pub fn cmd(&self, args: &[&[u8]]) -> Vec<u8> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        s.write_all(&out).expect("write redis");
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = s.read(&mut buf).expect("read redis");
-        buf.truncate(n);
-        buf
-    }
-
-    pub fn aof_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // SAFETY: as above; a stopped server must be woken to die cleanly.
-            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
-        }
-        self.kill();
-    }
-}
+/// A real `redis-server` on a loopback port, shared with the store's unit tests.
+pub type Redis = ditto_gateway::mock::redis_server::RedisServer;
 
 fn unix_minute() -> u64 {
     std::time::SystemTime::now()
@@ -288,7 +146,9 @@ fn hammer(gws: &[&Gateway], token: &str, per_replica: usize) -> (u64, u64, Vec<u
 
 #[test]
 fn rpm_and_budget_hold_across_three_replicas_hammered_at_once() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let mock = Mock::start();
     let config = cfg(
         &mock,
@@ -357,7 +217,9 @@ fn rpm_and_budget_hold_across_three_replicas_hammered_at_once() {
 
 #[test]
 fn a_key_changed_on_one_replica_is_live_on_the_others_within_a_second() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let mock = Mock::start();
     let config = cfg(&mock, json!([{"id": "seed", "token": "sk-seed"}]));
     let a = replica(&config, &redis, "t2");
@@ -397,7 +259,9 @@ fn a_key_changed_on_one_replica_is_live_on_the_others_within_a_second() {
 
 #[test]
 fn a_router_changed_on_one_replica_routes_on_the_others_within_a_second() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let mock = Mock::start();
     // Two backends on one mock, told apart by `x-ditto-backend`.
     let config = json!({
@@ -453,7 +317,7 @@ fn a_router_changed_on_one_replica_routes_on_the_others_within_a_second() {
 
 #[test]
 fn usage_served_while_redis_was_down_survives_the_replica_and_the_next_one_replays_it() {
-    let Some(mut redis) = Redis::start_with(true) else {
+    let Some(mut redis) = Redis::start(true) else {
         return;
     };
     let mock = Mock::start();
@@ -499,7 +363,7 @@ fn usage_served_while_redis_was_down_survives_the_replica_and_the_next_one_repla
 
 #[test]
 fn redis_killed_and_restarted_mid_load_loses_no_usage_and_limits_recover() {
-    let Some(mut redis) = Redis::start_with(true) else {
+    let Some(mut redis) = Redis::start(true) else {
         return;
     };
     let mock = Mock::start();
@@ -585,12 +449,14 @@ fn redis_killed_and_restarted_mid_load_loses_no_usage_and_limits_recover() {
         n <= 5 * (unix_minute() - minute + 1),
         "{n} admitted for rpm 5"
     );
-    assert!(redis.aof_dir().exists());
+    assert!(redis.dir().exists());
 }
 
 #[test]
 fn a_replica_killed_mid_stream_has_its_reservations_reaped() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let mock = Mock::start();
     let config = cfg(
         &mock,
@@ -630,7 +496,9 @@ fn a_replica_killed_mid_stream_has_its_reservations_reaped() {
 
 #[test]
 fn a_stalled_redis_gives_timeouts_not_hangs() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
     let mock = Mock::start();
     let config = cfg(
         &mock,
@@ -639,7 +507,7 @@ fn a_stalled_redis_gives_timeouts_not_hangs() {
     );
     let a = replica(&config, &redis, "t5");
     assert_eq!(chat_as(&a, "sk-s", &capped(false)).status, 200);
-    redis.stop();
+    redis.pause();
     let t0 = Instant::now();
     for _ in 0..20 {
         let t = Instant::now();
@@ -670,7 +538,7 @@ fn a_stalled_redis_gives_timeouts_not_hangs() {
         || (!store_ok(&a)).then_some(()),
     );
     eprintln!("20 requests during the stall in {:?}", t0.elapsed());
-    redis.cont();
+    redis.resume();
     eventually("the store is back", Duration::from_secs(10), || {
         store_ok(&a).then_some(())
     });
@@ -694,7 +562,8 @@ fn redis_down_at_startup_is_a_clear_error_without_the_password() {
                 "router": {"default_backends": [{"backend": "m"}]}})
         .to_string(),
     );
-    let url = format!("redis://:hunter2@127.0.0.1:{}/0", free_port());
+    // Port 1: privileged, so nothing of ours listens there; the connection is refused.
+    let url = "redis://:hunter2@127.0.0.1:1/0".to_string();
     let run = crate::harness::run_cli(
         &[
             config.to_str().expect("utf-8"),
@@ -717,7 +586,7 @@ fn redis_down_at_startup_is_a_clear_error_without_the_password() {
 
 #[test]
 fn budget_fail_closed_refuses_budgeted_requests_while_redis_is_gone() {
-    let Some(mut redis) = Redis::start_with(true) else {
+    let Some(mut redis) = Redis::start(true) else {
         return;
     };
     let mock = Mock::start();

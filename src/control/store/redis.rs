@@ -974,55 +974,10 @@ fn subscriber(client: Client, channel: String, mut notify: Box<dyn FnMut(bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Child, Command, Stdio};
+    use crate::mock::redis_server::RedisServer;
+    use std::process::Command;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
-    }
-
-    fn redis_server(port: u16) -> Option<Child> {
-        redis_server_in(port, None)
-    }
-
-    /// With `dir`, Redis keeps its data there (AOF, fsync always) across restarts.
-    fn redis_server_in(port: u16, dir: Option<&std::path::Path>) -> Option<Child> {
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
-        match dir {
-            Some(d) => cmd
-                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-                .arg(d),
-            None => cmd.args(["--appendonly", "no"]),
-        };
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(child)
-    }
-
-    fn stop(mut c: Child) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 
     #[test]
     fn urls_are_shown_without_their_password() {
@@ -1036,12 +991,10 @@ mod tests {
 
     #[test]
     fn usage_queued_while_redis_is_down_spills_to_disk_and_is_replayed() {
-        let port = free_port();
-        let Some(server) = redis_server(port) else {
-            eprintln!("redis-server is not installed: skipping");
+        let Some(mut server) = RedisServer::start(false) else {
             return;
         };
-        let url = format!("redis://127.0.0.1:{port}");
+        let url = server.url();
         let mut s = RedisStore::open(&url, "u1").expect("open");
         s.queue_max = 5;
         let meters: Vec<MeterKey> = (0..20)
@@ -1051,7 +1004,7 @@ mod tests {
                 window: 0,
             })
             .collect();
-        stop(server);
+        server.kill();
         for m in &meters {
             s.settle(m.clone(), 10, 0);
             s.settle(m.clone(), 5, 0);
@@ -1061,7 +1014,7 @@ mod tests {
             "the queue spilled to disk"
         );
         assert!(s.sync("owner").is_err(), "redis is down");
-        let server = redis_server(port).expect("restart");
+        server.restart();
         let end = Instant::now() + Duration::from_secs(15);
         while s.sync("owner").is_err() {
             assert!(Instant::now() < end, "never reconnected");
@@ -1076,7 +1029,6 @@ mod tests {
         // The ledgers are indexed for the next start.
         let p = s.load(0).expect("load");
         assert_eq!(p.ledgers.len(), 20);
-        stop(server);
     }
 
     /// A relay to Redis that, once armed, forwards the next EVALSHA but closes the connection
@@ -1126,10 +1078,10 @@ mod tests {
 
     #[test]
     fn a_batch_whose_answer_was_lost_is_resent_under_its_id_and_counted_once() {
-        let port = free_port();
-        let Some(server) = redis_server(port) else {
+        let Some(server) = RedisServer::start(false) else {
             return;
         };
+        let port = server.port();
         let armed = Arc::new(AtomicBool::new(false));
         let relay = lossy_relay(port, armed.clone());
         let mut s = RedisStore::open(&format!("redis://127.0.0.1:{relay}"), "u3").expect("open");
@@ -1158,16 +1110,14 @@ mod tests {
         }
         assert_eq!(spent(&mut direct), 111);
         assert!(s.in_flight.is_empty() && s.queue.is_empty());
-        stop(server);
     }
 
     #[test]
     fn usage_a_replica_left_while_redis_was_down_is_replayed_once_by_the_next() {
-        let port = free_port();
-        let data = tempfile::tempdir().expect("tmp");
-        let Some(server) = redis_server_in(port, Some(data.path())) else {
+        let Some(mut server) = RedisServer::start(true) else {
             return;
         };
+        let port = server.port();
         let armed = Arc::new(AtomicBool::new(false));
         let url = format!("redis://127.0.0.1:{}", lossy_relay(port, armed.clone()));
         let mut a = RedisStore::open(&url, "u5").expect("open");
@@ -1190,7 +1140,7 @@ mod tests {
         a.settle(m.clone(), 10, 0);
         armed.store(true, Ordering::SeqCst);
         assert!(a.sync("a").is_err());
-        stop(server);
+        server.kill();
         a.settle(m.clone(), 100, 0);
         assert!(a.sync("a").is_err(), "redis is down");
         assert!(
@@ -1199,7 +1149,7 @@ mod tests {
         );
         drop(a);
 
-        let server = redis_server_in(port, Some(data.path())).expect("restart");
+        server.restart();
         let mut b = RedisStore::open(&url, "u5").expect("open");
         let end = Instant::now() + Duration::from_secs(10);
         while b.sync("b").is_err() {
@@ -1214,15 +1164,14 @@ mod tests {
             "every unit once: the lost batch under its old id, the queue"
         );
         assert!(!b.spilled && b.in_flight.is_empty());
-        stop(server);
     }
 
     #[test]
     fn the_subscriber_asks_for_a_reload_as_soon_as_it_is_subscribed() {
-        let port = free_port();
-        let Some(server) = redis_server(port) else {
+        let Some(server) = RedisServer::start(false) else {
             return;
         };
+        let port = server.port();
         let client = Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
         let (tx, rx) = flume::unbounded();
         let sub = std::thread::spawn(move || {
@@ -1244,15 +1193,14 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(10))
             .expect("a reload right after subscribing");
         sub.join().expect("subscriber");
-        stop(server);
     }
 
     #[test]
     fn cost_increments_whose_answer_was_lost_are_counted_once() {
-        let port = free_port();
-        let Some(server) = redis_server(port) else {
+        let Some(server) = RedisServer::start(false) else {
             return;
         };
+        let port = server.port();
         let armed = Arc::new(AtomicBool::new(false));
         let relay = lossy_relay(port, armed.clone());
         let mut s = RedisStore::open(&format!("redis://127.0.0.1:{relay}"), "u4").expect("open");
@@ -1281,15 +1229,14 @@ mod tests {
         }
         let got = direct.costs().expect("costs");
         assert_eq!(got, vec![row(4)]);
-        stop(server);
     }
 
     #[test]
     fn leases_from_two_processes_never_exceed_the_limit() {
-        let port = free_port();
-        let Some(server) = redis_server(port) else {
+        let Some(server) = RedisServer::start(false) else {
             return;
         };
+        let port = server.port();
         let url = format!("redis://127.0.0.1:{port}");
         let mut a = RedisStore::open(&url, "u2").expect("open");
         let mut b = RedisStore::open(&url, "u2").expect("open");
@@ -1331,6 +1278,5 @@ mod tests {
         })
         .expect("zadd");
         assert_eq!(reap(&mut a).outstanding, granted[0]);
-        stop(server);
     }
 }
