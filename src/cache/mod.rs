@@ -11,8 +11,9 @@
 //! - Only 2xx responses that went through whole are stored; `stream=true` ones only with
 //!   `--proxy-cache-streaming` (replayed as a stream). Entries carry a checksum: corrupt or
 //!   oversized entries are ignored (and dropped).
-//! - **Stampede**: concurrent misses of one key on a core wait for the first one's answer
-//!   instead of all going upstream.
+//! - **Stampede**: concurrent misses of one key wait for the first one's answer instead of all
+//!   going upstream: tasks of one core wait on that core's fetcher ([`Lead`]), and cores wait
+//!   on the one core that fetches ([`Fills`]), so a replica makes one upstream call per key.
 
 #[cfg(feature = "gateway-store-redis")]
 pub mod l2;
@@ -21,6 +22,7 @@ pub mod serve;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ahash::{AHashMap, AHashSet};
@@ -161,6 +163,8 @@ pub struct ProxyCache {
     per_core_bytes: usize,
     /// Bumped by a purge; each core clears its L1 when it sees a new value.
     epoch: AtomicU64,
+    /// Keys being fetched by some core, and answers for the cores that waited.
+    pub fills: Arc<Fills>,
     #[cfg(feature = "gateway-store-redis")]
     pub l2: Option<l2::L2>,
 }
@@ -180,6 +184,7 @@ impl ProxyCache {
             per_core_bytes: (opts.max_total_body_bytes / workers.max(1)).max(1),
             opts,
             epoch: AtomicU64::new(0),
+            fills: Arc::new(Fills::default()),
             #[cfg(feature = "gateway-store-redis")]
             l2,
         })
@@ -322,6 +327,151 @@ impl Drop for Lead {
     }
 }
 
+/// Which keys some core is fetching from upstream, so that the other cores wait for its answer
+/// instead of each making its own call.
+///
+/// A lock, on purpose, against the no-locks rule of the request path: it is taken only on a
+/// cacheable miss (about to cost an upstream round trip of milliseconds), never on a hit, held
+/// for one hash-map operation and never across an await, and split into shards. Only one task
+/// per core (its [`Lead`]) takes it; the core's other tasks wait on that one.
+#[derive(Default)]
+pub struct Fills {
+    shards: [Mutex<AHashMap<Key, Fill>>; 16],
+    generation: AtomicU64,
+}
+
+struct Fill {
+    /// Tells a waiter that its fetch ended and a new one started meanwhile.
+    generation: u64,
+    waiters: u32,
+    /// The fetcher's answer, kept only while cores that waited for it have not taken it.
+    done: Option<Entry>,
+}
+
+/// What [`Fills::claim`] gives a core: fetch the key itself, or wait for the core that does.
+pub enum Claim {
+    Fetch(Fetch),
+    Wait(Waiting),
+}
+
+/// What a waiting core sees when it looks again.
+pub enum Polled {
+    Ready(Entry),
+    Pending,
+    /// The fetcher ended without an entry to share (an error, an uncacheable answer): go
+    /// upstream uncached, all waiters at once, rather than one after another.
+    Gone,
+}
+
+impl Fills {
+    fn shard(&self, k: &Key) -> MutexGuard<'_, AHashMap<Key, Fill>> {
+        let m = &self.shards[k[0] as usize % self.shards.len()];
+        // A poisoned map holds only plain data: keep using it.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Become the one core fetching `k`, or a core waiting for it.
+    pub fn claim(self: &Arc<Self>, k: Key) -> Claim {
+        let mut map = self.shard(&k);
+        if let Some(f) = map.get_mut(&k) {
+            f.waiters += 1;
+            return Claim::Wait(Waiting {
+                fills: self.clone(),
+                key: k,
+                generation: f.generation,
+            });
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        map.insert(
+            k,
+            Fill {
+                generation,
+                waiters: 0,
+                done: None,
+            },
+        );
+        Claim::Fetch(Fetch {
+            fills: self.clone(),
+            key: k,
+        })
+    }
+
+    /// Keys with a record (tests: nothing must outlive its fetcher and waiters).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Held by the core fetching a key; dropped without [`Fetch::fulfil`], it lets a waiter fetch.
+pub struct Fetch {
+    fills: Arc<Fills>,
+    key: Key,
+}
+
+impl Fetch {
+    /// Hand the answer to the cores that waited (if any).
+    pub fn fulfil(self, entry: &Entry) {
+        let mut map = self.fills.shard(&self.key);
+        if let Some(f) = map.get_mut(&self.key) {
+            if f.waiters > 0 {
+                f.done = Some(entry.clone());
+            }
+        }
+        // Drop keeps a record with an answer (for its waiters) and removes any other.
+    }
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        let mut map = self.fills.shard(&self.key);
+        if map.get(&self.key).is_some_and(|f| f.done.is_none()) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Held by a core waiting for another core's fetch; the last waiter to go removes the answer.
+pub struct Waiting {
+    fills: Arc<Fills>,
+    key: Key,
+    generation: u64,
+}
+
+impl Waiting {
+    pub fn poll(&self) -> Polled {
+        match self.fills.shard(&self.key).get(&self.key) {
+            Some(f) if f.generation == self.generation => match &f.done {
+                Some(e) => Polled::Ready(e.clone()),
+                None => Polled::Pending,
+            },
+            _ => Polled::Gone,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut map = self.fills.shard(&self.key);
+        let Some(f) = map.get_mut(&self.key) else {
+            return;
+        };
+        if f.generation != self.generation {
+            return;
+        }
+        f.waiters = f.waiters.saturating_sub(1);
+        if f.waiters == 0 && f.done.is_some() {
+            map.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +518,61 @@ mod tests {
         assert_eq!(l.bytes, 100);
         l.put([6; 32], entry("z"), Duration::ZERO, 10, 1000);
         assert!(l.get(&[6; 32]).is_none(), "expired");
+    }
+
+    #[test]
+    fn one_core_fetches_the_others_wait_and_nothing_outlives_them() {
+        let fills = Arc::new(Fills::default());
+        let k = [7; 32];
+        let Claim::Fetch(fetch) = fills.claim(k) else {
+            panic!("the first claim fetches");
+        };
+        let (Claim::Wait(a), Claim::Wait(b)) = (fills.claim(k), fills.claim(k)) else {
+            panic!("later claims wait");
+        };
+        assert!(matches!(a.poll(), Polled::Pending));
+        fetch.fulfil(&entry("x"));
+        assert!(matches!(a.poll(), Polled::Ready(e) if e == entry("x")));
+        drop(a);
+        assert!(
+            matches!(b.poll(), Polled::Ready(_)),
+            "kept for the last waiter"
+        );
+        drop(b);
+        assert!(fills.is_empty(), "the last waiter removes the answer");
+
+        // Fulfilled with nobody waiting: nothing is kept.
+        let Claim::Fetch(fetch) = fills.claim(k) else {
+            panic!("fetch");
+        };
+        fetch.fulfil(&entry("y"));
+        assert!(fills.is_empty());
+
+        // A fetcher that fails: its waiter is told so, even once a new fetch has started, and
+        // its leaving does not disturb the new fetch's count.
+        let Claim::Fetch(fetch) = fills.claim(k) else {
+            panic!("fetch");
+        };
+        let Claim::Wait(w) = fills.claim(k) else {
+            panic!("wait");
+        };
+        drop(fetch);
+        assert!(matches!(w.poll(), Polled::Gone));
+        let Claim::Fetch(again) = fills.claim(k) else {
+            panic!("a new fetch");
+        };
+        let Claim::Wait(w2) = fills.claim(k) else {
+            panic!("wait");
+        };
+        assert!(
+            matches!(w.poll(), Polled::Gone),
+            "not the fetch it waited for"
+        );
+        drop(w);
+        again.fulfil(&entry("z"));
+        assert!(matches!(w2.poll(), Polled::Ready(_)), "w2 still counted");
+        drop(w2);
+        assert!(fills.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::net::TcpStream;
 
-use super::{key_hex, Entry, Key, KeyBuilder, Lead, ProxyCache};
+use super::{key_hex, Claim, Entry, Fetch, Key, KeyBuilder, Lead, Polled, ProxyCache};
 use crate::auth::Admitted;
 use crate::control::Role;
 use crate::http::io::write_all_timeout;
@@ -17,7 +17,7 @@ use crate::proxy::forward::RequestBody;
 use crate::proxy::relay::Tap;
 use crate::proxy::{reply_error, reply_json, After, Core};
 
-/// How long a request waits for another task of its core fetching the same key.
+/// How long a request waits for another task (of its core or another) fetching the same key.
 const STAMPEDE_WAIT: Duration = Duration::from_secs(30);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -35,9 +35,10 @@ const VARY: &[&str] = &[
     "accept-encoding",
 ];
 
-/// A miss this task fetches from upstream; other tasks of the core wait for it.
+/// A miss this task fetches from upstream; other tasks of the core, and other cores, wait for it.
 pub struct Miss {
     lead: Lead,
+    fetch: Fetch,
     #[cfg_attr(not(feature = "gateway-store-redis"), allow(dead_code))]
     hex: String,
     sse_allowed: bool,
@@ -183,26 +184,51 @@ pub async fn lookup(
         return Ok(None);
     };
     let hex = key_hex(&key);
+    // A waiter whose fetcher ends without an answer to share (an error, an uncacheable or
+    // too slow answer) goes upstream uncached at once, with the other waiters, rather than
+    // electing the next fetcher and queueing behind it.
     let end = Instant::now() + STAMPEDE_WAIT;
+    let mut waited = false;
     let lead = loop {
         if let Some(e) = cache.get_memory(&key) {
             core.obs.metrics.cache_lookup(CacheSource::Memory, true);
             return Err(serve(client, head, request_id, &e, &hex, "memory").await);
         }
-        if let Some(l) = Lead::try_take(key) {
-            break l;
-        }
-        if Instant::now() >= end {
-            // The fetcher is taking too long: go upstream without caching.
+        if !waited {
+            match Lead::try_take(key) {
+                Some(l) => break l,
+                None => waited = true,
+            }
+        } else if !Lead::busy(&key) || Instant::now() >= end {
             return Ok(None);
         }
         monoio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // This task fetches for its core; across cores, one fetches and the others wait for it.
+    let fetch = match cache.fills.claim(key) {
+        Claim::Fetch(f) => f,
+        Claim::Wait(waiting) => loop {
+            match waiting.poll() {
+                // (`stream` is part of the key, so the shape always matches.)
+                Polled::Ready(e) if e.sse == stream => {
+                    cache.put_memory(key, e.clone(), ttl);
+                    drop((waiting, lead));
+                    core.obs.metrics.cache_lookup(CacheSource::Memory, true);
+                    return Err(serve(client, head, request_id, &e, &hex, "memory").await);
+                }
+                Polled::Pending if Instant::now() < end => {
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+                _ => return Ok(None),
+            }
+        },
     };
     #[cfg(feature = "gateway-store-redis")]
     if let Some(l2) = &cache.l2 {
         if let Some(e) = l2.get(&hex).await {
             if e.sse == stream {
                 cache.put_memory(key, e.clone(), ttl);
+                fetch.fulfil(&e);
                 drop(lead);
                 core.obs.metrics.cache_lookup(CacheSource::Redis, true);
                 return Err(serve(client, head, request_id, &e, &hex, "redis").await);
@@ -213,6 +239,7 @@ pub async fn lookup(
     core.obs.metrics.cache_lookup(CacheSource::Memory, false);
     Ok(Some(Miss {
         lead,
+        fetch,
         hex,
         sse_allowed: cache.opts.streaming,
         ttl,
@@ -275,6 +302,7 @@ pub fn store(core: &Core, miss: Option<Miss>, tap: Option<&Tap>) {
     if let Some(l2) = &cache.l2 {
         l2.put(&miss.hex, &e, miss.ttl);
     }
+    miss.fetch.fulfil(&e);
     cache.put_memory(miss.lead.0, e, miss.ttl);
 }
 

@@ -151,8 +151,10 @@ fn streams_are_cached_only_when_asked_and_replayed_as_a_stream() {
 fn a_stampede_on_one_hot_key_makes_one_upstream_call() {
     let mock = Mock::start();
     let config = cfg(&mock, json!([]));
+    // Four cores and twelve connections: tasks wait on their core's fetcher, and cores wait
+    // on the one core that fetches.
     let gw = Gateway::builder(&config)
-        .args(&["--proxy-cache", "--workers", "1"])
+        .args(&["--proxy-cache", "--workers", "4"])
         .start();
     let body = chat("gpt-4o", false);
     let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
@@ -169,6 +171,52 @@ fn a_stampede_on_one_hot_key_makes_one_upstream_call() {
     assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
     assert_eq!(mock.requests(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|(_, c)| c.is_some()).count(), 11);
+}
+
+#[test]
+fn a_stampede_whose_fetch_fails_sends_the_waiters_upstream_together_not_in_turn() {
+    // One core: tasks waiting on their core's fetcher; four: cores waiting on another core.
+    for workers in ["1", "4"] {
+        stampede_with_failing_fetch(workers);
+    }
+}
+
+fn stampede_with_failing_fetch(workers: &str) {
+    let mock = Mock::start();
+    let config = cfg(&mock, json!([]));
+    let gw = Gateway::builder(&config)
+        .args(&["--proxy-cache", "--workers", workers])
+        .start();
+    let body = chat("gpt-4o", false);
+    let delay = Duration::from_millis(1000);
+    let ms = delay.as_millis().to_string();
+    let clients = 8;
+    let started = std::time::Instant::now();
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| {
+                    let h = [("x-mock-delay-ms", ms.as_str()), ("x-mock-status", "500")];
+                    let r = ask(&gw, None, &body, &h);
+                    (r.status, r.header("x-ditto-cache").map(str::to_string))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    // An error is never shared or cached: every client got the upstream's own answer.
+    assert!(
+        statuses.iter().all(|(s, c)| *s == 500 && c.is_none()),
+        "{statuses:?}"
+    );
+    assert_eq!(mock.requests(), clients, "{statuses:?}");
+    // Waiters electing a new fetcher after each failure would take `clients` delays in turn;
+    // going upstream together once the first fetch failed takes about two.
+    let took = started.elapsed();
+    assert!(
+        took < delay * (clients as u32 - 2),
+        "{workers} core(s): waiters queued behind each other: {took:?}"
+    );
 }
 
 #[test]
