@@ -18,7 +18,7 @@ const ADMIN: &str = "adm-secret";
 /// A real `redis-server` on a loopback port, shared with the store's unit tests.
 pub type Redis = ditto_gateway::mock::redis_server::RedisServer;
 
-fn unix_minute() -> u64 {
+pub fn unix_minute() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 60)
