@@ -32,6 +32,7 @@
 //! `Guardrails` is immutable, `Send + Sync` and cheap to clone. Give each core its own clone:
 //! a cloned `regex` gets its own match-cache pool, so cores never contend on one.
 
+pub mod form;
 mod pii;
 mod walk;
 
@@ -508,6 +509,23 @@ impl Guardrails {
             Some(v) => Err(v),
             None => Ok(()),
         }
+    }
+
+    /// Check a `multipart/form-data` upload (audio, image edits) by its plain fields
+    /// ([`form::text_fields`]: `model`, `prompt`, ...), as the JSON body they stand for; file
+    /// parts are not text. A form that could not be read is refused (400), never waved through.
+    pub fn check_form(
+        &self,
+        endpoint: Endpoint,
+        fields: &Result<serde_json::Map<String, serde_json::Value>, form::FormError>,
+    ) -> Result<(), Violation> {
+        let fields = fields
+            .as_ref()
+            .map_err(|e| Violation::schema("invalid_multipart", format!("multipart:{e:?}")))?;
+        let model = fields.get("model").and_then(|m| m.as_str());
+        let json = serde_json::to_vec(fields)
+            .map_err(|_| Violation::schema("invalid_multipart", "multipart"))?;
+        self.check(endpoint, model, &json)
     }
 
     fn check_model(&self, model: &str) -> Result<(), Violation> {

@@ -17,8 +17,9 @@ use crate::config::Config;
 use crate::control::backends::{BackendsSetup, HealthTarget};
 use crate::control::ControlHandle;
 use crate::error::GatewayError;
+use crate::guardrails::form::FormError;
 use crate::guardrails::{Endpoint, Guardrails};
-use crate::http::{Method, ResponseHead};
+use crate::http::{Method, RequestHead, ResponseHead};
 use crate::router::balance;
 use crate::router::breaker::{Admit, Attempt, BreakerBoard, Outcome, ProbeTicket};
 use crate::router::live::{Live, ResilienceOptions, RouteTable};
@@ -112,18 +113,46 @@ pub fn guardrails_for<'a>(
 }
 
 /// Check a request against its guardrails; the error to answer with when refused.
+/// `form`: the plain fields of a multipart upload, when its form was read for them.
 pub fn check_guardrails(
     g: &Guardrails,
     upstream_path: &str,
     model: Option<&str>,
     body: &RequestBody,
+    form: Option<&Form>,
 ) -> Result<(), GatewayError> {
+    let endpoint = Endpoint::from_path(upstream_path);
+    if let Some(f) = form {
+        return g.check_form(endpoint, f).map_err(|v| v.to_error());
+    }
     let bytes: &[u8] = match body {
         RequestBody::Buffered(b) => b,
         RequestBody::Streaming => &[],
     };
-    g.check(Endpoint::from_path(upstream_path), model, bytes)
-        .map_err(|v| v.to_error())
+    g.check(endpoint, model, bytes).map_err(|v| v.to_error())
+}
+
+/// An upload's form fields, or why they could not be read.
+pub type Form = Result<serde_json::Map<String, serde_json::Value>, FormError>;
+
+/// Whether this request is an upload whose form guardrails may need to read: the gateway
+/// streams uploads unread, unless a key's or a rule's guardrails could apply to them.
+pub fn form_policed(head: &RequestHead, routes: &RouteTable, admitted: Option<&Admitted>) -> bool {
+    head.fields
+        .get("content-type")
+        .and_then(crate::guardrails::form::boundary)
+        .is_some()
+        && (admitted.is_some_and(|a| a.key.guardrails.is_some())
+            || routes.router.has_rule_guardrails())
+}
+
+/// Read an upload's form (its body is buffered by now).
+pub fn read_form(head: &RequestHead, body: &RequestBody) -> Form {
+    let ct = head.fields.get("content-type").unwrap_or(b"");
+    match body {
+        RequestBody::Buffered(b) => crate::guardrails::form::text_fields(ct, b),
+        RequestBody::Streaming => Err(FormError::Malformed),
+    }
 }
 
 /// The body with its `model` replaced by `to` (the backend's `model_map`), or `None` when it

@@ -78,7 +78,10 @@ pub async fn passthrough(
     let strip = admitted
         .as_ref()
         .and_then(|_| crate::auth::presented(&head.fields).map(|(token, _)| token));
-    let body = if body::should_buffer(head) {
+    let routes = gw.live.routes();
+    // Uploads are streamed unread, unless guardrails may need their form (`model`, `prompt`).
+    let form_policed = super::attempts::form_policed(head, &routes, admitted.as_ref());
+    let body = if form_policed || body::should_buffer(head) {
         match body::read_whole(client, cbuf, head, gw.max_body_bytes).await {
             Ok(b) => RequestBody::Buffered(b),
             Err(e) => {
@@ -118,10 +121,24 @@ pub async fn passthrough(
             .flatten()
     });
 
-    // Guardrails: after auth, before anything is reserved, so a refusal costs no quota.
-    let routes = gw.live.routes();
-    if let Some(g) = super::attempts::guardrails_for(&routes, model, admitted.as_ref()) {
-        if let Err(e) = super::attempts::check_guardrails(g, upstream_path, model, &body) {
+    // Guardrails: after auth, before anything is reserved, so a refusal costs no quota. An
+    // upload is policed by its form's model (routing does not read forms).
+    let form = form_policed.then(|| super::attempts::read_form(head, &body));
+    let form_model = form
+        .as_ref()
+        .and_then(|f| f.as_ref().ok())
+        .and_then(|f| f.get("model"))
+        .and_then(|m| m.as_str());
+    let policed_model = model.or(form_model);
+    if let Some(g) = super::attempts::guardrails_for(&routes, policed_model, admitted.as_ref()) {
+        let checked = super::attempts::check_guardrails(
+            g,
+            upstream_path,
+            policed_model,
+            &body,
+            form.as_ref(),
+        );
+        if let Err(e) = checked {
             return reply_error(client, head, &request_id, e, unread_body).await;
         }
     }

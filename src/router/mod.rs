@@ -173,6 +173,14 @@ impl Router {
         }
     }
 
+    /// Whether any rule carries guardrails (then an upload's form is read to find its model).
+    pub fn has_rule_guardrails(&self) -> bool {
+        self.exact
+            .iter()
+            .chain(&self.prefix)
+            .any(|r| r.guardrails.is_some())
+    }
+
     fn rule_for(&self, model: Option<&str>) -> Option<&Rule> {
         let m = model?;
         self.exact.iter().find(|r| r.pattern == m).or_else(|| {

@@ -266,3 +266,78 @@ fn invalid_regexes_fail_startup_and_admin_changes_naming_the_field() {
     assert_eq!(r.status, 403);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `multipart/form-data` upload (as the OpenAI SDKs send audio and image edits) to the mock's
+/// echo endpoint.
+fn upload(gw: &Gateway, model: &str, prompt: &str, file: &[u8], close: bool) -> Resp {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n\
+          Content-Type: audio/mpeg\r\n\r\n",
+    );
+    body.extend_from_slice(file);
+    for (name, value) in [("model", model), ("prompt", prompt)] {
+        body.extend_from_slice(
+            format!(
+                "\r\n--b0undary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}"
+            )
+            .as_bytes(),
+        );
+    }
+    if close {
+        body.extend_from_slice(b"\r\n--b0undary--\r\n");
+    }
+    crate::harness::into_resp_pub(
+        agent()
+            .post(&gw.url("/v1/echo"))
+            .header("authorization", &format!("Bearer {TOKEN}"))
+            .header("content-type", "multipart/form-data; boundary=b0undary")
+            .send(&body[..]),
+    )
+}
+
+#[test]
+fn uploads_are_policed_by_their_form_fields_and_forwarded_whole() {
+    let mock = Mock::start();
+    let config = cfg(
+        &mock,
+        json!({"allow_models": ["whisper*"], "banned_phrases": ["nightingale"]}),
+        json!([]),
+    );
+    let gw = Gateway::builder(&config).start();
+    // File parts are not text: a banned phrase inside the audio is no violation.
+    let audio = b"ID3\x00\xff nightingale \r\n-- not a boundary";
+    let ok = upload(&gw, "whisper-1", "a meeting", audio, true);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let echo = ok.json();
+    let headers = echo["headers"].as_array().cloned().unwrap_or_default();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[1] == "multipart/form-data; boundary=b0undary"),
+        "{echo}"
+    );
+    assert!(
+        echo["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("a meeting")
+                && b.contains("name=\"model\"")
+                && b.ends_with("--b0undary--\r\n")),
+        "{echo}"
+    );
+    assert_eq!(mock.requests(), 1);
+
+    let r = upload(&gw, "gpt-4o-transcribe", "a meeting", audio, true);
+    refused(
+        &r,
+        403,
+        "model_not_allowed",
+        "model_not_allowed:gpt-4o-transcribe",
+    );
+    let r = upload(&gw, "whisper-1", "project NIGHTINGALE notes", audio, true);
+    refused(&r, 403, "banned_phrase", "banned_phrase:nightingale");
+    // A form the gateway cannot read is refused, not waved through.
+    let r = upload(&gw, "gpt-4o-transcribe", "x", audio, false);
+    refused(&r, 400, "invalid_multipart", "multipart:Malformed");
+    assert_eq!(mock.requests(), 1, "refusals never reach the upstream");
+}
