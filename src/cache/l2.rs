@@ -1,6 +1,12 @@
 //! The proxy cache's Redis tier: one thread with its own connection (short timeouts,
 //! reconnect with backoff), reached by message. Cores never touch Redis: they send a request
 //! and wait at most [`GET_WAIT`] for the answer, and anything slower or failing is a miss.
+//!
+//! It also keeps a stampede on one key to one upstream call across replicas: the replica that
+//! misses first takes a fill lock next to the entry (`SET NX PX`, in the same script as the
+//! lookup, so one round trip), the others poll for the entry while the lock stands, and the
+//! lock is released (compare-and-delete) after the entry is written. If Redis is slow or down,
+//! each replica fetches on its own: coordination must never cost availability.
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +21,82 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Writes queued beyond this are dropped (a cache may forget).
 const QUEUE: usize = 4096;
 
+/// How long a fill lock stands if its holder never releases it (a replica that died).
+pub const FILL_LOCK: Duration = Duration::from_secs(30);
+
 enum Msg {
-    Get(String, flume::Sender<Option<Entry>>),
     Put(String, Vec<u8>, u64),
     Purge(flume::Sender<Result<u64, String>>),
+    /// Look the entry up; with `claim`, take the fill lock when it is absent and free.
+    Fill {
+        key: String,
+        owner: String,
+        claim: bool,
+        reply: flume::Sender<Fill>,
+    },
+    Release(String, String),
 }
+
+/// The entry, or who fills it.
+enum Fill {
+    Hit(Entry),
+    /// This replica took the fill lock.
+    Claimed,
+    /// Another replica holds the fill lock.
+    Busy,
+    /// No entry and no lock: the other replica's fetch ended without an entry.
+    Gone,
+    /// Redis failed (or an entry was corrupt twice).
+    Down,
+}
+
+/// What a core learns from [`L2::claim`] or [`L2::peek`].
+pub enum FillState {
+    Hit(Entry),
+    /// Fetch it; dropping the lock releases it (after the entry's write, which is queued first).
+    Claimed(FillLock),
+    Busy,
+    Gone,
+    /// Redis did not answer in time: fetch without coordinating.
+    Unavailable,
+}
+
+/// The fill lock this replica holds for a key; released on drop.
+pub struct FillLock {
+    tx: flume::Sender<Msg>,
+    key: String,
+    owner: String,
+}
+
+impl Drop for FillLock {
+    fn drop(&mut self) {
+        let msg = Msg::Release(
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
+        );
+        // If the queue is full the lock expires by itself (FILL_LOCK).
+        let _ = self.tx.try_send(msg);
+    }
+}
+
+/// Look up the entry, else take the fill lock if free. Returns {1, entry} | {2} claimed |
+/// {3} busy | {4} gone (no entry, no lock).
+const FILL_LUA: &str = r#"
+local e = redis.call('GET', KEYS[1])
+if e then return {1, e} end
+if ARGV[1] == 'claim' then
+  if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {2} end
+  return {3}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
+return {4}
+"#;
+
+/// Delete the fill lock only if it is still ours (it may have expired and been retaken).
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
 
 /// A handle to the cache thread.
 pub struct L2 {
@@ -44,18 +121,6 @@ impl L2 {
         Ok(L2 { tx })
     }
 
-    /// An entry, or `None` (absent, corrupt, oversized, Redis slow or down).
-    pub async fn get(&self, key_hex: &str) -> Option<Entry> {
-        let (reply, rx) = flume::bounded(1);
-        self.tx
-            .try_send(Msg::Get(key_hex.to_string(), reply))
-            .ok()?;
-        match monoio::time::timeout(GET_WAIT, rx.recv_async()).await {
-            Ok(Ok(e)) => e,
-            _ => None,
-        }
-    }
-
     /// Store an entry (fire and forget).
     pub fn put(&self, key_hex: &str, e: &Entry, ttl: Duration) {
         let _ = self.tx.try_send(Msg::Put(
@@ -63,6 +128,41 @@ impl L2 {
             e.encode(),
             ttl.as_secs().max(1),
         ));
+    }
+
+    /// The entry, or the fill lock for this replica (`owner` names the fetch), or who has it.
+    pub async fn claim(&self, key_hex: &str, owner: &str) -> FillState {
+        self.fill(key_hex, owner, true).await
+    }
+
+    /// While another replica fills: the entry, or whether its lock still stands.
+    pub async fn peek(&self, key_hex: &str) -> FillState {
+        self.fill(key_hex, "", false).await
+    }
+
+    async fn fill(&self, key_hex: &str, owner: &str, claim: bool) -> FillState {
+        let (reply, rx) = flume::bounded(1);
+        let msg = Msg::Fill {
+            key: key_hex.to_string(),
+            owner: owner.to_string(),
+            claim,
+            reply,
+        };
+        if self.tx.try_send(msg).is_err() {
+            return FillState::Unavailable;
+        }
+        match monoio::time::timeout(GET_WAIT, rx.recv_async()).await {
+            Ok(Ok(Fill::Hit(e))) => FillState::Hit(e),
+            Ok(Ok(Fill::Claimed)) => FillState::Claimed(FillLock {
+                tx: self.tx.clone(),
+                key: key_hex.to_string(),
+                owner: owner.to_string(),
+            }),
+            Ok(Ok(Fill::Busy)) => FillState::Busy,
+            Ok(Ok(Fill::Gone)) => FillState::Gone,
+            // A lock taken after we gave up is released by the thread (the send fails).
+            _ => FillState::Unavailable,
+        }
     }
 
     /// Delete every entry; the number deleted.
@@ -140,22 +240,48 @@ fn run(client: Client, prefix: String, max_body: usize, rx: flume::Receiver<Msg>
         next_try: Instant::now(),
         backoff: Duration::from_millis(100),
     };
+    let fill_script = redis::Script::new(FILL_LUA);
+    let release_script = redis::Script::new(RELEASE_LUA);
     for msg in rx.iter() {
         match msg {
-            Msg::Get(k, reply) => {
-                let key = format!("{prefix}{k}");
-                let got: Option<Vec<u8>> = c
-                    .with(|con| redis::cmd("GET").arg(&key).query(con))
-                    .unwrap_or(None);
-                let entry = got.and_then(|b| {
-                    let e = Entry::decode(&b, max_body);
-                    if e.is_none() {
-                        // Corrupt or oversized: drop it so nobody trips on it again.
-                        let _ = c.with(|con| redis::cmd("DEL").arg(&key).query::<()>(con));
+            Msg::Fill {
+                key,
+                owner,
+                claim,
+                reply,
+            } => {
+                let entry_key = format!("{prefix}{key}");
+                let lock_key = format!("{entry_key}:fill");
+                let run_fill = |c: &mut Conn| {
+                    c.with(|con| {
+                        fill_script
+                            .key(&entry_key)
+                            .key(&lock_key)
+                            .arg(if claim { "claim" } else { "peek" })
+                            .arg(&owner)
+                            .arg(FILL_LOCK.as_millis() as u64)
+                            .invoke::<Vec<redis::Value>>(con)
+                    })
+                };
+                let state = match classify(run_fill(&mut c), max_body) {
+                    Some(state) => state,
+                    None => {
+                        // Corrupt or oversized: drop it and look again (then claim).
+                        let _ = c.with(|con| redis::cmd("DEL").arg(&entry_key).query::<()>(con));
+                        classify(run_fill(&mut c), max_body).unwrap_or(Fill::Down)
                     }
-                    e
-                });
-                let _ = reply.send(entry);
+                };
+                let claimed = matches!(state, Fill::Claimed);
+                if reply.send(state).is_err() && claimed {
+                    // The core gave up waiting and fetches on its own: free the lock at once
+                    // rather than leave other replicas waiting on a fetch nobody announced.
+                    let _ =
+                        c.with(|con| release_script.key(&lock_key).arg(&owner).invoke::<i64>(con));
+                }
+            }
+            Msg::Release(key, owner) => {
+                let lock_key = format!("{prefix}{key}:fill");
+                let _ = c.with(|con| release_script.key(&lock_key).arg(&owner).invoke::<i64>(con));
             }
             Msg::Put(k, bytes, ttl) => {
                 let key = format!("{prefix}{k}");
@@ -194,4 +320,17 @@ fn run(client: Client, prefix: String, max_body: usize, rx: flume::Receiver<Msg>
             }
         }
     }
+}
+
+/// The fill script's answer; `None` for an entry that is corrupt or oversized.
+fn classify(got: Result<Vec<redis::Value>, String>, max_body: usize) -> Option<Fill> {
+    Some(match got.as_deref() {
+        Ok([redis::Value::Int(1), redis::Value::BulkString(b)]) => {
+            return Entry::decode(b, max_body).map(Fill::Hit)
+        }
+        Ok([redis::Value::Int(2)]) => Fill::Claimed,
+        Ok([redis::Value::Int(3)]) => Fill::Busy,
+        Ok([redis::Value::Int(4)]) => Fill::Gone,
+        _ => Fill::Down,
+    })
 }

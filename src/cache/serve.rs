@@ -20,6 +20,25 @@ use crate::proxy::{reply_error, reply_json, After, Core};
 /// How long a request waits for another task (of its core or another) fetching the same key.
 const STAMPEDE_WAIT: Duration = Duration::from_secs(30);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a replica waiting on another's fetch looks in Redis.
+#[cfg(feature = "gateway-store-redis")]
+const L2_POLL: Duration = Duration::from_millis(20);
+
+/// Names one fetch in the fill lock, unique across replicas (random per process, then a
+/// counter), so a replica only ever releases its own lock.
+#[cfg(feature = "gateway-store-redis")]
+fn fill_owner() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PROCESS: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let process = PROCESS.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        format!("{}-{}", hex::encode(b), std::process::id())
+    });
+    format!("{process}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 /// Request headers that change what the upstream answers (the virtual key itself is part of
 /// the key by id; a forwarded client credential by value, so callers never share answers).
@@ -39,6 +58,9 @@ const VARY: &[&str] = &[
 pub struct Miss {
     lead: Lead,
     fetch: Fetch,
+    /// Released when the miss is done with: after its entry's write was queued, if any.
+    #[cfg(feature = "gateway-store-redis")]
+    _fill_lock: Option<super::l2::FillLock>,
     #[cfg_attr(not(feature = "gateway-store-redis"), allow(dead_code))]
     hex: String,
     sse_allowed: bool,
@@ -223,15 +245,39 @@ pub async fn lookup(
             }
         },
     };
+    // Across replicas: the first to miss takes the fill lock, the others poll Redis for its
+    // entry (see `l2`).
+    #[cfg(feature = "gateway-store-redis")]
+    let mut fill_lock = None;
     #[cfg(feature = "gateway-store-redis")]
     if let Some(l2) = &cache.l2 {
-        if let Some(e) = l2.get(&hex).await {
-            if e.sse == stream {
-                cache.put_memory(key, e.clone(), ttl);
-                fetch.fulfil(&e);
-                drop(lead);
-                core.obs.metrics.cache_lookup(CacheSource::Redis, true);
-                return Err(serve(client, head, request_id, &e, &hex, "redis").await);
+        use super::l2::FillState;
+        let mut state = l2.claim(&hex, &fill_owner()).await;
+        loop {
+            match state {
+                FillState::Hit(e) if e.sse == stream => {
+                    cache.put_memory(key, e.clone(), ttl);
+                    fetch.fulfil(&e);
+                    drop(lead);
+                    core.obs.metrics.cache_lookup(CacheSource::Redis, true);
+                    return Err(serve(client, head, request_id, &e, &hex, "redis").await);
+                }
+                FillState::Claimed(lock) => {
+                    fill_lock = Some(lock);
+                    break;
+                }
+                FillState::Busy if Instant::now() < end => {
+                    monoio::time::sleep(L2_POLL).await;
+                    state = l2.peek(&hex).await;
+                }
+                // Another replica's fetch ended without an entry, or takes too long: go
+                // upstream uncached, as waiters on this replica do.
+                FillState::Busy | FillState::Gone => {
+                    core.obs.metrics.cache_lookup(CacheSource::Redis, false);
+                    return Ok(None);
+                }
+                // Redis slow or down: fetch without coordinating.
+                FillState::Hit(_) | FillState::Unavailable => break,
             }
         }
         core.obs.metrics.cache_lookup(CacheSource::Redis, false);
@@ -240,6 +286,8 @@ pub async fn lookup(
     Ok(Some(Miss {
         lead,
         fetch,
+        #[cfg(feature = "gateway-store-redis")]
+        _fill_lock: fill_lock,
         hex,
         sse_allowed: cache.opts.streaming,
         ttl,

@@ -277,6 +277,76 @@ fn the_redis_tier_serves_other_replicas_ignores_corrupt_entries_and_purges() {
 }
 
 #[test]
+fn a_stampede_across_replicas_makes_one_upstream_call_and_a_failed_fetch_frees_the_rest() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let mock = Mock::start();
+    let config = cfg(&mock, json!([]));
+    let replica = || {
+        Gateway::builder(&config)
+            .args(&[
+                "--redis",
+                &redis.url(),
+                "--redis-prefix",
+                "c2",
+                "--proxy-cache",
+                "--workers",
+                "2",
+            ])
+            .start()
+    };
+    let replicas = [replica(), replica()];
+    let stampede = |body: &Value, extra: &[(&str, &str)]| -> Vec<(u16, Option<String>)> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..12)
+                .map(|i| {
+                    let gw = &replicas[i % 2];
+                    s.spawn(move || {
+                        let r = ask(gw, None, body, extra);
+                        (
+                            r.status,
+                            r.header("x-ditto-cache-source").map(str::to_string),
+                        )
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        })
+    };
+    let got = stampede(&chat("gpt-4o", false), &[("x-mock-delay-ms", "600")]);
+    assert!(got.iter().all(|(s, _)| *s == 200), "{got:?}");
+    assert_eq!(mock.requests(), 1, "one fetch for both replicas: {got:?}");
+    assert!(
+        got.iter().any(|(_, src)| src.as_deref() == Some("redis")),
+        "the other replica took the entry from Redis: {got:?}"
+    );
+    assert_eq!(
+        redis.cmd(&[b"KEYS", b"c2:cache:*:fill"]),
+        b"*0\r\n",
+        "the fill lock was released"
+    );
+
+    // The fetch fails: nothing is shared, every waiter goes upstream itself, promptly.
+    let before = mock.requests();
+    let started = std::time::Instant::now();
+    let got = stampede(
+        &chat("gpt-4o-mini", false),
+        &[("x-mock-delay-ms", "600"), ("x-mock-status", "500")],
+    );
+    assert!(
+        got.iter().all(|(s, src)| *s == 500 && src.is_none()),
+        "{got:?}"
+    );
+    assert_eq!(mock.requests() - before, 12);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "waiters queued behind each other: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn a_keys_cache_section_turns_caching_off_or_shortens_the_ttl() {
     let mock = Mock::start();
     let config = cfg(
