@@ -13,7 +13,8 @@
 //!   oversized entries are ignored (and dropped).
 //! - **Stampede**: concurrent misses of one key wait for the first one's answer instead of all
 //!   going upstream: tasks of one core wait on that core's fetcher ([`Lead`]), and cores wait
-//!   on the one core that fetches ([`Fills`]), so a replica makes one upstream call per key.
+//!   on the one core that fetches ([`Fills`]), and replicas on the one holding the key's fill
+//!   lock in Redis ([`l2`]): one upstream call per key.
 
 #[cfg(feature = "gateway-store-redis")]
 pub mod l2;
