@@ -108,6 +108,12 @@ pub struct Violation {
     pub reason: String,
 }
 
+/// The answer to an upload whose form could not be read while guardrails apply: 400, never
+/// waved through (what the gateway cannot read, the upstream might read differently).
+pub fn form_refusal(e: form::FormError) -> Violation {
+    Violation::schema("invalid_multipart", format!("multipart:{e:?}"))
+}
+
 impl Violation {
     fn policy(code: &'static str, reason: String) -> Violation {
         Violation {
@@ -513,15 +519,12 @@ impl Guardrails {
 
     /// Check a `multipart/form-data` upload (audio, image edits) by its plain fields
     /// ([`form::text_fields`]: `model`, `prompt`, ...), as the JSON body they stand for; file
-    /// parts are not text. A form that could not be read is refused (400), never waved through.
+    /// parts are not text. (A form that could not be read is refused before: [`form_refusal`].)
     pub fn check_form(
         &self,
         endpoint: Endpoint,
-        fields: &Result<serde_json::Map<String, serde_json::Value>, form::FormError>,
+        fields: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), Violation> {
-        let fields = fields
-            .as_ref()
-            .map_err(|e| Violation::schema("invalid_multipart", format!("multipart:{e:?}")))?;
         let model = fields.get("model").and_then(|m| m.as_str());
         let json = serde_json::to_vec(fields)
             .map_err(|_| Violation::schema("invalid_multipart", "multipart"))?;

@@ -119,7 +119,7 @@ pub fn check_guardrails(
     upstream_path: &str,
     model: Option<&str>,
     body: &RequestBody,
-    form: Option<&Form>,
+    form: Option<&FormFields>,
 ) -> Result<(), GatewayError> {
     let endpoint = Endpoint::from_path(upstream_path);
     if let Some(f) = form {
@@ -132,27 +132,27 @@ pub fn check_guardrails(
     g.check(endpoint, model, bytes).map_err(|v| v.to_error())
 }
 
-/// An upload's form fields, or why they could not be read.
-pub type Form = Result<serde_json::Map<String, serde_json::Value>, FormError>;
+/// An upload's plain form fields.
+pub type FormFields = serde_json::Map<String, serde_json::Value>;
 
 /// Whether this request is an upload whose form guardrails may need to read: the gateway
 /// streams uploads unread, unless a key's or a rule's guardrails could apply to them.
 pub fn form_policed(head: &RequestHead, routes: &RouteTable, admitted: Option<&Admitted>) -> bool {
     head.fields
         .get("content-type")
-        .and_then(crate::guardrails::form::boundary)
-        .is_some()
+        .is_some_and(crate::guardrails::form::is_form)
         && (admitted.is_some_and(|a| a.key.guardrails.is_some())
             || routes.router.has_rule_guardrails())
 }
 
-/// Read an upload's form (its body is buffered by now).
-pub fn read_form(head: &RequestHead, body: &RequestBody) -> Form {
+/// Read an upload's form (its body is buffered by now); the 400 to answer when it cannot be.
+pub fn read_form(head: &RequestHead, body: &RequestBody) -> Result<FormFields, GatewayError> {
     let ct = head.fields.get("content-type").unwrap_or(b"");
-    match body {
+    let read = match body {
         RequestBody::Buffered(b) => crate::guardrails::form::text_fields(ct, b),
         RequestBody::Streaming => Err(FormError::Malformed),
-    }
+    };
+    read.map_err(|e| crate::guardrails::form_refusal(e).to_error())
 }
 
 /// The body with its `model` replaced by `to` (the backend's `model_map`), or `None` when it

@@ -123,10 +123,14 @@ pub async fn passthrough(
 
     // Guardrails: after auth, before anything is reserved, so a refusal costs no quota. An
     // upload is policed by its form's model (routing does not read forms).
-    let form = form_policed.then(|| super::attempts::read_form(head, &body));
+    let form = match form_policed.then(|| super::attempts::read_form(head, &body)) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        // Refused whichever guardrails end up applying: without its model, no rule matches.
+        Some(Err(e)) => return reply_error(client, head, &request_id, e, unread_body).await,
+    };
     let form_model = form
         .as_ref()
-        .and_then(|f| f.as_ref().ok())
         .and_then(|f| f.get("model"))
         .and_then(|m| m.as_str());
     let policed_model = model.or(form_model);

@@ -287,13 +287,48 @@ fn upload(gw: &Gateway, model: &str, prompt: &str, file: &[u8], close: bool) -> 
     if close {
         body.extend_from_slice(b"\r\n--b0undary--\r\n");
     }
+    send_form(gw, &body)
+}
+
+fn send_form(gw: &Gateway, body: &[u8]) -> Resp {
     crate::harness::into_resp_pub(
         agent()
             .post(&gw.url("/v1/echo"))
             .header("authorization", &format!("Bearer {TOKEN}"))
             .header("content-type", "multipart/form-data; boundary=b0undary")
-            .send(&body[..]),
+            .send(body),
     )
+}
+
+#[test]
+fn a_rules_guardrails_police_uploads_of_a_key_without_its_own() {
+    let mock = Mock::start();
+    let config = json!({
+        "backends": [{"name": "m", "base_url": mock.v1()}],
+        "virtual_keys": [{"id": "plain", "token": TOKEN}],
+        "router": {"default_backends": [{"backend": "m"}],
+                   "rules": [{"model_prefix": "whisper", "backend": "m",
+                              "guardrails": {"deny_models": ["whisper-2*"]}}]}
+    })
+    .to_string();
+    let gw = Gateway::start(&config);
+    assert_eq!(upload(&gw, "whisper-1", "hi", b"x", true).status, 200);
+    let r = upload(&gw, "whisper-2-large", "hi", b"x", true);
+    refused(&r, 403, "deny_model", "deny_model:whisper-2*");
+    // Unreadable, or read differently by different parsers: refused even though no guardrails
+    // of the key apply and no rule matched (the model could not be known).
+    let r = upload(&gw, "whisper-2-large", "hi", b"x", false);
+    refused(&r, 400, "invalid_multipart", "multipart:Malformed");
+    let twice = b"--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\
+                  \r\n--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-2\
+                  \r\n--b0undary--\r\n";
+    refused(
+        &send_form(&gw, twice),
+        400,
+        "invalid_multipart",
+        "DuplicateField",
+    );
+    assert_eq!(mock.requests(), 1, "refusals never reach the upstream");
 }
 
 #[test]
