@@ -176,9 +176,12 @@ fn disposition(headers: &[u8]) -> Result<Option<Vec<u8>>, FormError> {
     })
 }
 
+/// A parameter's name, and its value (unquoted, unescaped).
+type Param<'a> = (&'a [u8], Cow<'a, [u8]>);
+
 /// `; key=value` parameters (RFC 2045: a token or a quoted string with `\` escapes), or
 /// `Ambiguous` for anything else.
-fn params(mut s: &[u8]) -> Result<Vec<(&[u8], Cow<'_, [u8]>)>, FormError> {
+fn params(mut s: &[u8]) -> Result<Vec<Param<'_>>, FormError> {
     let is_token = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
     let mut out = Vec::new();
     loop {
