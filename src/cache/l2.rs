@@ -25,7 +25,8 @@ const QUEUE: usize = 4096;
 pub const FILL_LOCK: Duration = Duration::from_secs(30);
 
 enum Msg {
-    Put(String, Vec<u8>, u64),
+    /// Store an entry; with an owner, release that fill lock in the same script.
+    Put(String, Vec<u8>, u64, Option<String>),
     Purge(flume::Sender<Result<u64, String>>),
     /// Look the entry up; with `claim`, take the fill lock when it is absent and free.
     Fill {
@@ -42,8 +43,8 @@ enum Fill {
     Hit(Entry),
     /// This replica took the fill lock.
     Claimed,
-    /// Another replica holds the fill lock.
-    Busy,
+    /// Another replica holds the fill lock (its owner).
+    Busy(Vec<u8>),
     /// No entry and no lock: the other replica's fetch ended without an entry.
     Gone,
     /// Redis failed (or an entry was corrupt twice).
@@ -55,27 +56,30 @@ pub enum FillState {
     Hit(Entry),
     /// Fetch it; dropping the lock releases it (after the entry's write, which is queued first).
     Claimed(FillLock),
-    Busy,
+    /// Another replica's fetch runs (the lock's owner: a waiter must tell a new fetch apart).
+    Busy(Vec<u8>),
     Gone,
     /// Redis did not answer in time: fetch without coordinating.
     Unavailable,
 }
 
-/// The fill lock this replica holds for a key; released on drop.
+/// The fill lock this replica holds for a key; released on drop, or together with the
+/// entry's write by [`L2::put`].
 pub struct FillLock {
     tx: flume::Sender<Msg>,
     key: String,
-    owner: String,
+    /// Taken by the put that releases it.
+    owner: Option<String>,
 }
 
 impl Drop for FillLock {
     fn drop(&mut self) {
-        let msg = Msg::Release(
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.owner),
-        );
-        // If the queue is full the lock expires by itself (FILL_LOCK).
-        let _ = self.tx.try_send(msg);
+        if let Some(owner) = self.owner.take() {
+            // If the queue is full the lock expires by itself (FILL_LOCK).
+            let _ = self
+                .tx
+                .try_send(Msg::Release(std::mem::take(&mut self.key), owner));
+        }
     }
 }
 
@@ -86,10 +90,18 @@ local e = redis.call('GET', KEYS[1])
 if e then return {1, e} end
 if ARGV[1] == 'claim' then
   if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {2} end
-  return {3}
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
+local owner = redis.call('GET', KEYS[2])
+if owner then return {3, owner} end
 return {4}
+"#;
+
+/// Write the entry and, in the same step, release our fill lock: a lock must never outlive a
+/// written entry because a second command failed.
+const PUT_LUA: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
 "#;
 
 /// Delete the fill lock only if it is still ours (it may have expired and been retaken).
@@ -121,13 +133,16 @@ impl L2 {
         Ok(L2 { tx })
     }
 
-    /// Store an entry (fire and forget).
-    pub fn put(&self, key_hex: &str, e: &Entry, ttl: Duration) {
-        let _ = self.tx.try_send(Msg::Put(
-            key_hex.to_string(),
-            e.encode(),
-            ttl.as_secs().max(1),
-        ));
+    /// Store an entry (fire and forget), releasing `lock` (this key's) in the same script.
+    pub fn put(&self, key_hex: &str, e: &Entry, ttl: Duration, lock: Option<&mut FillLock>) {
+        let owner = lock.and_then(|l| l.owner.take());
+        let msg = Msg::Put(key_hex.to_string(), e.encode(), ttl.as_secs().max(1), owner);
+        if let Err(flume::TrySendError::Full(Msg::Put(key, _, _, Some(owner)))) =
+            self.tx.try_send(msg)
+        {
+            // No room for the entry: at least free the lock (if full too, it expires).
+            let _ = self.tx.try_send(Msg::Release(key, owner));
+        }
     }
 
     /// The entry, or the fill lock for this replica (`owner` names the fetch), or who has it.
@@ -156,12 +171,21 @@ impl L2 {
             Ok(Ok(Fill::Claimed)) => FillState::Claimed(FillLock {
                 tx: self.tx.clone(),
                 key: key_hex.to_string(),
-                owner: owner.to_string(),
+                owner: Some(owner.to_string()),
             }),
-            Ok(Ok(Fill::Busy)) => FillState::Busy,
+            Ok(Ok(Fill::Busy(o))) => FillState::Busy(o),
             Ok(Ok(Fill::Gone)) => FillState::Gone,
-            // A lock taken after we gave up is released by the thread (the send fails).
-            _ => FillState::Unavailable,
+            Ok(Ok(Fill::Down) | Err(_)) => FillState::Unavailable,
+            Err(_) => {
+                if claim {
+                    // The answer may yet be "claimed": release whatever we might hold (owners
+                    // are unique, so this never frees another fetch's lock).
+                    let _ = self
+                        .tx
+                        .try_send(Msg::Release(key_hex.to_string(), owner.to_string()));
+                }
+                FillState::Unavailable
+            }
         }
     }
 
@@ -226,6 +250,18 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::with`], but a failure (or a backoff) gets one immediate reconnect: for a
+    /// lock release that other replicas are waiting on.
+    fn urgently<T>(
+        &mut self,
+        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, String> {
+        self.with(&f).or_else(|_| {
+            self.next_try = Instant::now();
+            self.with(&f)
+        })
+    }
+
     fn fail(&mut self) {
         self.con = None;
         self.next_try = Instant::now() + self.backoff;
@@ -242,6 +278,7 @@ fn run(client: Client, prefix: String, max_body: usize, rx: flume::Receiver<Msg>
     };
     let fill_script = redis::Script::new(FILL_LUA);
     let release_script = redis::Script::new(RELEASE_LUA);
+    let put_script = redis::Script::new(PUT_LUA);
     for msg in rx.iter() {
         match msg {
             Msg::Fill {
@@ -281,18 +318,29 @@ fn run(client: Client, prefix: String, max_body: usize, rx: flume::Receiver<Msg>
             }
             Msg::Release(key, owner) => {
                 let lock_key = format!("{prefix}{key}:fill");
-                let _ = c.with(|con| release_script.key(&lock_key).arg(&owner).invoke::<i64>(con));
+                // Other replicas wait on this lock: try now, past any backoff.
+                let _ =
+                    c.urgently(|con| release_script.key(&lock_key).arg(&owner).invoke::<i64>(con));
             }
-            Msg::Put(k, bytes, ttl) => {
+            Msg::Put(k, bytes, ttl, owner) => {
                 let key = format!("{prefix}{k}");
-                let _ = c.with(|con| {
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(bytes)
-                        .arg("EX")
+                let lock_key = format!("{key}:fill");
+                let put = |con: &mut Connection| {
+                    put_script
+                        .key(&key)
+                        .key(&lock_key)
+                        .arg(&bytes)
                         .arg(ttl)
-                        .query::<()>(con)
-                });
+                        .arg(owner.as_deref().unwrap_or(""))
+                        .invoke::<i64>(con)
+                };
+                if c.with(put).is_err() {
+                    if let Some(owner) = &owner {
+                        let _ = c.urgently(|con| {
+                            release_script.key(&lock_key).arg(owner).invoke::<i64>(con)
+                        });
+                    }
+                }
             }
             Msg::Purge(reply) => {
                 let pattern = format!("{prefix}*");
@@ -329,7 +377,7 @@ fn classify(got: Result<Vec<redis::Value>, String>, max_body: usize) -> Option<F
             return Entry::decode(b, max_body).map(Fill::Hit)
         }
         Ok([redis::Value::Int(2)]) => Fill::Claimed,
-        Ok([redis::Value::Int(3)]) => Fill::Busy,
+        Ok([redis::Value::Int(3), redis::Value::BulkString(o)]) => Fill::Busy(o.clone()),
         Ok([redis::Value::Int(4)]) => Fill::Gone,
         _ => Fill::Down,
     })

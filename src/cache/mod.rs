@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
@@ -236,8 +236,10 @@ impl ProxyCache {
 
 thread_local! {
     static L1_CACHE: RefCell<L1> = RefCell::new(L1::default());
-    /// Keys a task of this core is fetching from upstream (stampede guard).
-    static FETCHING: RefCell<AHashSet<Key>> = RefCell::new(AHashSet::new());
+    /// Keys a task of this core is fetching from upstream (stampede guard), with the fetch's
+    /// generation.
+    static FETCHING: RefCell<AHashMap<Key, u64>> = RefCell::new(AHashMap::new());
+    static FETCH_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A core's LRU: entries by key, plus recency order (tick -> key) for eviction.
@@ -306,19 +308,27 @@ impl L1 {
 pub struct Lead(pub Key);
 
 impl Lead {
-    /// Become the fetcher of `k`, unless another task of this core already is.
-    pub fn try_take(k: Key) -> Option<Lead> {
-        let taken = FETCHING.with(|f| f.borrow_mut().insert(k));
-        // Never build a Lead that is not ours: its drop would free the other task's key.
-        if taken {
-            Some(Lead(k))
-        } else {
-            None
-        }
+    /// Become the fetcher of `k`, or learn which fetch (its generation) of this core to wait
+    /// for: a waiter must tell "that fetch ended" from "another one started since".
+    pub fn try_take(k: Key) -> Result<Lead, u64> {
+        FETCHING.with(|f| {
+            let mut f = f.borrow_mut();
+            if let Some(g) = f.get(&k) {
+                return Err(*g);
+            }
+            let g = FETCH_GENERATION.with(|n| {
+                let g = n.get();
+                n.set(g + 1);
+                g
+            });
+            f.insert(k, g);
+            Ok(Lead(k))
+        })
     }
 
-    pub fn busy(k: &Key) -> bool {
-        FETCHING.with(|f| f.borrow().contains(k))
+    /// The generation of this core's fetch of `k`, if one runs.
+    pub fn current(k: &Key) -> Option<u64> {
+        FETCHING.with(|f| f.borrow().get(k).copied())
     }
 }
 
@@ -577,11 +587,18 @@ mod tests {
     }
 
     #[test]
-    fn one_lead_per_key_per_core() {
+    fn one_lead_per_key_per_core_and_a_new_fetch_is_told_apart() {
         let k = [9; 32];
         let a = Lead::try_take(k).expect("first");
-        assert!(Lead::try_take(k).is_none() && Lead::busy(&k));
+        let waited_for = Lead::try_take(k).err().expect("taken");
+        assert_eq!(Lead::current(&k), Some(waited_for));
         drop(a);
-        assert!(!Lead::busy(&k) && Lead::try_take(k).is_some());
+        assert_eq!(Lead::current(&k), None);
+        let b = Lead::try_take(k).expect("free again");
+        assert!(
+            Lead::current(&k).is_some_and(|g| g != waited_for),
+            "a waiter of the first fetch sees that this one is another"
+        );
+        drop(b);
     }
 }

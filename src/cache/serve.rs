@@ -60,7 +60,7 @@ pub struct Miss {
     fetch: Fetch,
     /// Released when the miss is done with: after its entry's write was queued, if any.
     #[cfg(feature = "gateway-store-redis")]
-    _fill_lock: Option<super::l2::FillLock>,
+    fill_lock: Option<super::l2::FillLock>,
     #[cfg_attr(not(feature = "gateway-store-redis"), allow(dead_code))]
     hex: String,
     sse_allowed: bool,
@@ -210,19 +210,21 @@ pub async fn lookup(
     // too slow answer) goes upstream uncached at once, with the other waiters, rather than
     // electing the next fetcher and queueing behind it.
     let end = Instant::now() + STAMPEDE_WAIT;
-    let mut waited = false;
+    let mut waiting_for = None;
     let lead = loop {
         if let Some(e) = cache.get_memory(&key) {
             core.obs.metrics.cache_lookup(CacheSource::Memory, true);
             return Err(serve(client, head, request_id, &e, &hex, "memory").await);
         }
-        if !waited {
-            match Lead::try_take(key) {
-                Some(l) => break l,
-                None => waited = true,
-            }
-        } else if !Lead::busy(&key) || Instant::now() >= end {
-            return Ok(None);
+        match waiting_for {
+            None => match Lead::try_take(key) {
+                Ok(l) => break l,
+                Err(generation) => waiting_for = Some(generation),
+            },
+            // The fetch we waited for ended without an entry (a new one may have started).
+            Some(g) if Lead::current(&key) != Some(g) => return Ok(None),
+            Some(_) if Instant::now() >= end => return Ok(None),
+            Some(_) => {}
         }
         monoio::time::sleep(Duration::from_millis(2)).await;
     };
@@ -231,8 +233,8 @@ pub async fn lookup(
         Claim::Fetch(f) => f,
         Claim::Wait(waiting) => loop {
             match waiting.poll() {
-                // (`stream` is part of the key, so the shape always matches.)
-                Polled::Ready(e) if e.sse == stream => {
+                // Whatever its shape: it is what the upstream answered to this very request.
+                Polled::Ready(e) => {
                     cache.put_memory(key, e.clone(), ttl);
                     drop((waiting, lead));
                     core.obs.metrics.cache_lookup(CacheSource::Memory, true);
@@ -253,9 +255,10 @@ pub async fn lookup(
     if let Some(l2) = &cache.l2 {
         use super::l2::FillState;
         let mut state = l2.claim(&hex, &fill_owner()).await;
+        let mut waiting_for: Option<Vec<u8>> = None;
         loop {
             match state {
-                FillState::Hit(e) if e.sse == stream => {
+                FillState::Hit(e) => {
                     cache.put_memory(key, e.clone(), ttl);
                     fetch.fulfil(&e);
                     drop(lead);
@@ -266,18 +269,22 @@ pub async fn lookup(
                     fill_lock = Some(lock);
                     break;
                 }
-                FillState::Busy if Instant::now() < end => {
+                // The fetch we wait for (the first lock's owner) still runs.
+                FillState::Busy(owner)
+                    if Instant::now() < end && waiting_for.as_ref().is_none_or(|w| *w == owner) =>
+                {
+                    waiting_for = Some(owner);
                     monoio::time::sleep(L2_POLL).await;
                     state = l2.peek(&hex).await;
                 }
-                // Another replica's fetch ended without an entry, or takes too long: go
-                // upstream uncached, as waiters on this replica do.
-                FillState::Busy | FillState::Gone => {
+                // Another replica's fetch ended without an entry (a new one may have started),
+                // or takes too long: go upstream uncached, as waiters on this replica do.
+                FillState::Busy(_) | FillState::Gone => {
                     core.obs.metrics.cache_lookup(CacheSource::Redis, false);
                     return Ok(None);
                 }
                 // Redis slow or down: fetch without coordinating.
-                FillState::Hit(_) | FillState::Unavailable => break,
+                FillState::Unavailable => break,
             }
         }
         core.obs.metrics.cache_lookup(CacheSource::Redis, false);
@@ -287,7 +294,7 @@ pub async fn lookup(
         lead,
         fetch,
         #[cfg(feature = "gateway-store-redis")]
-        _fill_lock: fill_lock,
+        fill_lock,
         hex,
         sse_allowed: cache.opts.streaming,
         ttl,
@@ -323,7 +330,8 @@ pub fn capture(tap: &mut Tap, payload: &[u8]) {
 
 /// After the answer was relayed: keep it when it is a whole 2xx within the caps.
 pub fn store(core: &Core, miss: Option<Miss>, tap: Option<&Tap>) {
-    let (Some(miss), Some(tap), Some(cache)) = (miss, tap, core.gw.cache.as_deref()) else {
+    #[allow(unused_mut)]
+    let (Some(mut miss), Some(tap), Some(cache)) = (miss, tap, core.gw.cache.as_deref()) else {
         return;
     };
     let Some(body) = tap.capture.as_ref() else {
@@ -348,7 +356,8 @@ pub fn store(core: &Core, miss: Option<Miss>, tap: Option<&Tap>) {
     };
     #[cfg(feature = "gateway-store-redis")]
     if let Some(l2) = &cache.l2 {
-        l2.put(&miss.hex, &e, miss.ttl);
+        // The entry and the release of this replica's fill lock in one script.
+        l2.put(&miss.hex, &e, miss.ttl, miss.fill_lock.as_mut());
     }
     miss.fetch.fulfil(&e);
     cache.put_memory(miss.lead.0, e, miss.ttl);
