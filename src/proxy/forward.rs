@@ -79,9 +79,11 @@ pub async fn passthrough(
         .as_ref()
         .and_then(|_| crate::auth::presented(&head.fields).map(|(token, _)| token));
     let routes = gw.live.routes();
-    // Uploads are streamed unread, unless guardrails may need their form (`model`, `prompt`).
-    let form_policed = super::attempts::form_policed(head, &routes, admitted.as_ref());
-    let body = if form_policed || body::should_buffer(head) {
+    // Uploads are streamed unread, unless guardrails may need their form (`model`, `prompt`);
+    // asked only of uploads, so a JSON request pays no second content-type lookup.
+    let buffer = body::should_buffer(head);
+    let form_policed = !buffer && super::attempts::form_policed(head, &routes, admitted.as_ref());
+    let body = if buffer || form_policed {
         match body::read_whole(client, cbuf, head, gw.max_body_bytes).await {
             Ok(b) => RequestBody::Buffered(b),
             Err(e) => {
